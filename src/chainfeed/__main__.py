@@ -1,0 +1,5 @@
+"""``python -m chainfeed`` runs the CLI."""
+
+from chainfeed.cli import main
+
+raise SystemExit(main())

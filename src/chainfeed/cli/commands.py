@@ -1,0 +1,80 @@
+"""The sub-commands: each a function of its parsed arguments, returning an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import asyncpg
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from chainfeed import config
+from chainfeed.cli.devmode import run_dev
+from chainfeed.domain.tokens import issue_token
+from chainfeed.errors import ConfigError, NotFoundError
+from chainfeed.observability.logging import configure_logging
+from chainfeed.server import uvicorn_config
+from chainfeed.storage import migrate as apply_migrations
+
+__all__ = ["dev", "migrate", "serve", "token"]
+
+
+def dev(args: argparse.Namespace) -> int:
+    """``chainfeed dev``: embedded servers, migrations, a demo user, and the app."""
+    return run_dev(host=args.host, port=args.port, data_dir=args.data_dir)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``chainfeed serve``: production, with PostgreSQL and Redis from the environment."""
+    settings = config.load()
+    database_url, _ = settings.require_services()
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    asyncio.run(apply_migrations(database_url))
+    cfg = uvicorn_config("chainfeed.server:app_from_env", settings, host=args.host, port=args.port,
+                         workers=args.workers)  # fmt: skip
+    server = uvicorn.Server(cfg)
+    if args.workers > 1:
+        sock = cfg.bind_socket()
+        Multiprocess(cfg, sockets=[sock]).run()
+    else:
+        server.run()
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """``chainfeed migrate``: apply what is pending, say what was applied."""
+    settings = config.load(dev=True)
+    database_url, _ = _database_only(settings)
+    applied = asyncio.run(apply_migrations(database_url))
+    print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    """``chainfeed token USERNAME``: a token for an existing user, on stdout."""
+    settings = config.load(dev=True)
+    database_url, _ = _database_only(settings)
+    if not settings.jwt_secret:
+        raise ConfigError("CHAINFEED_JWT_SECRET", "is required to sign tokens")
+
+    async def find() -> int:
+        conn = await asyncpg.connect(database_url, timeout=5)
+        try:
+            row = await conn.fetchrow("SELECT id FROM users WHERE username = $1", args.username.lower())
+        finally:
+            await conn.close()
+        if row is None:
+            raise NotFoundError(f"no user called {args.username!r}")
+        return int(row["id"])
+
+    user_id = asyncio.run(find())
+    ttl = args.ttl or settings.jwt_ttl_seconds
+    print(issue_token(user_id, secret=settings.jwt_secret, ttl_seconds=ttl))
+    return 0
+
+
+def _database_only(settings: config.Settings) -> tuple[str, None]:
+    if not settings.database_url:
+        raise ConfigError("CHAINFEED_DATABASE_URL", "is required")
+    return settings.database_url, None

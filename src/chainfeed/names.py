@@ -1,0 +1,37 @@
+"""Every Redis name and key prefix in one place, so that no module spells one by hand."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_CONSUMER_GROUP",
+    "DEFAULT_DEAD_LETTER_STREAM",
+    "DEFAULT_STREAM",
+    "FEED_ITEM_TYPE",
+    "USER_CHANNEL_PREFIX",
+    "USER_CONNECTIONS_PREFIX",
+    "user_channel",
+    "user_connections_key",
+]
+
+DEFAULT_STREAM = "feed:stream"
+DEFAULT_CONSUMER_GROUP = "feed:consumers"
+DEFAULT_DEAD_LETTER_STREAM = "feed:stream:dead"
+
+#: The frame ``type`` of a feed push.
+FEED_ITEM_TYPE = "new_transaction"
+
+#: PUB/SUB channel per user: every instance holding a tab of that user subscribes to it.
+USER_CHANNEL_PREFIX = "feed:user:"
+
+#: Sorted set per user of its open connections across instances (score = connect time).
+USER_CONNECTIONS_PREFIX = "feed:conns:"
+
+
+def user_channel(user_id: int) -> str:
+    """The PUB/SUB channel on which pushes for ``user_id`` travel between instances."""
+    return f"{USER_CHANNEL_PREFIX}{user_id}"
+
+
+def user_connections_key(user_id: int) -> str:
+    """The key that tracks ``user_id``'s open connections on every instance."""
+    return f"{USER_CONNECTIONS_PREFIX}{user_id}"

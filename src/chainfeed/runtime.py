@@ -1,0 +1,82 @@
+"""The composition root: connections to PostgreSQL and Redis and the background workers of one process.
+
+Opened once per process by the web app's lifespan (or by a CLI command) and passed down, so no
+module builds its own pool or client. Readiness checks register here by name; ``/readyz``
+runs them all and names the part that fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+from redis.asyncio import Redis
+
+from chainfeed.config import Settings
+from chainfeed.storage import create_pool
+
+__all__ = ["Runtime", "open_runtime"]
+
+log = structlog.get_logger(__name__)
+HealthCheck = Callable[[], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Runtime:
+    """What one process shares: settings, the pool, the Redis client, checks and workers."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    checks: dict[str, HealthCheck] = field(default_factory=dict)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start_worker(self, name: str, coro: Awaitable[None]) -> asyncio.Task[None]:
+        """Run ``coro`` for the life of the process; cancelled (and awaited) on close."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.workers.append(task)
+        return task
+
+
+def redis_client(url: str) -> Redis:
+    """A Redis client with bounded timeouts, so an outage surfaces as an error, not a hang."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=None,
+        health_check_interval=30,
+        max_connections=256,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Connect, start the workers, and on exit stop them and close every connection."""
+    database_url, redis_url = settings.require_services()
+    pool = await create_pool(database_url)
+    redis = redis_client(redis_url)
+    runtime = Runtime(settings=settings, pool=pool, redis=redis)
+
+    async def check_postgres() -> None:
+        await pool.fetchval("SELECT 1", timeout=2)
+
+    async def check_redis() -> None:
+        await asyncio.wait_for(redis.ping(), timeout=2)
+
+    runtime.checks["postgres"] = check_postgres
+    runtime.checks["redis"] = check_redis
+    try:
+        # Background workers of later stages (outbox relay, stream consumer, hub) start here.
+        yield runtime
+    finally:
+        for task in runtime.workers:
+            task.cancel()
+        await asyncio.gather(*runtime.workers, return_exceptions=True)
+        await redis.aclose()
+        await pool.close()

@@ -1,0 +1,52 @@
+"""Feed queries: a page of history (REST) and everything after an id (WebSocket resume)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from chainfeed.domain.feed import feed_frame
+
+__all__ = ["feed_page", "feed_since"]
+
+_COLUMNS = "id, user_id, type, payload, created_at"
+
+
+def _frame(row: asyncpg.Record) -> dict[str, Any]:
+    return feed_frame(
+        item_id=row["id"],
+        user_id=row["user_id"],
+        created_at=row["created_at"],
+        payload=row["payload"],
+        type_=row["type"],
+    )
+
+
+async def feed_page(
+    pool: asyncpg.Pool, user_id: int, *, limit: int, before: int | None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to ``limit`` items newest first, older than ``before``; and the cursor for the next page."""
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM feed_items WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2)"  # noqa: S608
+        " ORDER BY id DESC LIMIT $3",
+        user_id,
+        before,
+        limit + 1,
+    )
+    items = [_frame(row) for row in rows[:limit]]
+    next_before = items[-1]["id"] if len(rows) > limit else None
+    return items, next_before
+
+
+async def feed_since(
+    pool: asyncpg.Pool, user_id: int, since: int, *, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Items with id > ``since``, oldest first (at most ``limit``; callers page on the last id)."""
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM feed_items WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",  # noqa: S608
+        user_id,
+        since,
+        limit,
+    )
+    return [_frame(row) for row in rows]

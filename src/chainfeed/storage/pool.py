@@ -1,0 +1,45 @@
+"""The asyncpg pool, sized for a 2-core instance, with JSON codecs set once per connection."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+__all__ = ["POSTGRES_DOWN", "create_pool"]
+
+#: What asyncpg raises when PostgreSQL cannot be reached or goes away mid-query.
+POSTGRES_DOWN: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    TimeoutError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose ``json``/``jsonb`` columns read and write Python objects.
+
+    ``command_timeout`` bounds every statement, so an unreachable database turns into an error
+    (and a 503) instead of a hung request.
+    """
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=10,
+        timeout=5,
+        max_inactive_connection_lifetime=300,
+        init=_init_connection,
+    )
+    assert pool is not None
+    return pool

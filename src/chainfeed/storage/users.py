@@ -1,0 +1,54 @@
+"""Users: create, find by name or id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from chainfeed.errors import ConflictError
+
+__all__ = ["User", "create_user", "get_user", "get_user_by_name"]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A ChainFeed account (the password hash stays in the database layer's hands)."""
+
+    id: int
+    username: str
+    password_hash: str
+
+    def public(self) -> dict[str, object]:
+        """What the API shows of a user."""
+        return {"id": self.id, "username": self.username}
+
+
+def _user(row: asyncpg.Record | None) -> User | None:
+    return None if row is None else User(row["id"], row["username"], row["password_hash"])
+
+
+async def create_user(pool: asyncpg.Pool, username: str, password_hash: str) -> User:
+    """Insert a user; ConflictError when the name is taken."""
+    row = await pool.fetchrow(
+        "INSERT INTO users (username, password_hash) VALUES ($1, $2)"
+        " ON CONFLICT (username) DO NOTHING RETURNING id, username, password_hash",
+        username,
+        password_hash,
+    )
+    user = _user(row)
+    if user is None:
+        raise ConflictError("username already taken")
+    return user
+
+
+async def get_user_by_name(pool: asyncpg.Pool, username: str) -> User | None:
+    """The user called ``username`` (already lower-cased), if any."""
+    return _user(
+        await pool.fetchrow("SELECT id, username, password_hash FROM users WHERE username = $1", username)
+    )
+
+
+async def get_user(pool: asyncpg.Pool, user_id: int) -> User | None:
+    """The user with ``user_id``, if it still exists."""
+    return _user(await pool.fetchrow("SELECT id, username, password_hash FROM users WHERE id = $1", user_id))

@@ -1,0 +1,79 @@
+"""Register, log in, and who am I."""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import Provide
+from litestar.params import JSONBody
+
+from chainfeed.domain.passwords import hash_password, validate_credentials, verify_password
+from chainfeed.domain.tokens import issue_token
+from chainfeed.errors import AuthError, ValidationError
+from chainfeed.storage.users import create_user, get_user_by_name
+from chainfeed.web.deps import RuntimeDep, UserDep, provide_user
+
+__all__ = ["AuthController", "MeController"]
+
+# A real hash to verify against when the user does not exist, so a login for an unknown name
+# takes as long as one with a wrong password (no user enumeration by timing).
+_DUMMY_HASH = hash_password("not-a-real-password")
+
+
+class Credentials(msgspec.Struct, forbid_unknown_fields=False):
+    """Body of register and login."""
+
+    username: str
+    password: str
+
+
+def _session(user: UserDep, runtime: RuntimeDep) -> dict[str, object]:
+    settings = runtime.settings
+    token = issue_token(user.id, secret=settings.jwt_secret, ttl_seconds=settings.jwt_ttl_seconds)
+    return {
+        "access_token": token,
+        "token_type": "bearer",
+        "expires_in": settings.jwt_ttl_seconds,
+        "user": user.public(),
+    }
+
+
+class AuthController(Controller):
+    """``/api/auth``: accounts and tokens."""
+
+    path = "/api/auth"
+
+    @post("/register", status_code=201)
+    async def register(self, data: JSONBody[Credentials], runtime: RuntimeDep) -> dict[str, object]:
+        """Create an account (409 if the name is taken) and return a token for it."""
+        username, password = validate_credentials(data.username, data.password)
+        password_hash = await anyio.to_thread.run_sync(hash_password, password)
+        user = await create_user(runtime.pool, username, password_hash)
+        return _session(user, runtime)
+
+    @post("/login", status_code=200)
+    async def login(self, data: JSONBody[Credentials], runtime: RuntimeDep) -> dict[str, object]:
+        """A fresh token for valid credentials; 401 for anything else, without saying which part was wrong."""
+        try:
+            username, password = validate_credentials(data.username, data.password)
+        except ValidationError:
+            raise AuthError("invalid username or password") from None
+        user = await get_user_by_name(runtime.pool, username)
+        stored = user.password_hash if user else _DUMMY_HASH
+        valid = await anyio.to_thread.run_sync(verify_password, password, stored)
+        if user is None or not valid:
+            raise AuthError("invalid username or password")
+        return _session(user, runtime)
+
+
+class MeController(Controller):
+    """``/api/me``: the authenticated user."""
+
+    path = "/api/me"
+    dependencies = {"user": Provide(provide_user)}  # noqa: RUF012
+
+    @get()
+    async def me(self, user: UserDep) -> dict[str, object]:
+        """The user the token belongs to."""
+        return user.public()

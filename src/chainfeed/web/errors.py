@@ -1,0 +1,65 @@
+"""The one place that maps ChainFeed errors to HTTP answers ``{"error": "..."}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chainfeed.errors import (
+    AuthError,
+    ChainFeedError,
+    ConflictError,
+    NotFoundError,
+    UnavailableError,
+    ValidationError,
+)
+from chainfeed.storage.pool import POSTGRES_DOWN
+
+__all__ = ["EXCEPTION_HANDLERS"]
+
+_STATUS: dict[type[ChainFeedError], int] = {
+    ValidationError: 400,
+    AuthError: 401,
+    NotFoundError: 404,
+    ConflictError: 409,
+    UnavailableError: 503,
+}
+
+
+def _status_for(exc: ChainFeedError) -> int:
+    for kind, status in _STATUS.items():
+        if isinstance(exc, kind):
+            return status
+    return HTTP_500_INTERNAL_SERVER_ERROR
+
+
+def chainfeed_error(_: Request[Any, Any, Any], exc: ChainFeedError) -> Response[dict[str, str]]:
+    """``{"error": message}`` with the status the error kind implies."""
+    status = _status_for(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response({"error": str(exc)}, status_code=status, headers=headers, media_type=MediaType.JSON)
+
+
+def backend_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    """PostgreSQL or Redis went away mid-request: 503 so the caller (Alchemy) retries."""
+    return Response({"error": "service temporarily unavailable"}, status_code=503, media_type=MediaType.JSON)
+
+
+def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
+    """Litestar's own errors (validation, 404, 405, 413) in the same ``{"error": ...}`` shape."""
+    body: dict[str, object] = {"error": exc.detail}
+    if exc.extra:
+        body["details"] = exc.extra
+    return Response(body, status_code=exc.status_code, headers=exc.headers, media_type=MediaType.JSON)
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], object] = {
+    ChainFeedError: chainfeed_error,
+    HTTPException: http_error,
+    **dict.fromkeys((*POSTGRES_DOWN, RedisConnectionError, RedisTimeoutError), backend_down),
+}

@@ -1,0 +1,38 @@
+"""Operations endpoints: liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Response, get
+from litestar.plugins.prometheus import PrometheusController
+
+from chainfeed.web.deps import RuntimeDep
+
+__all__ = ["MetricsController", "healthz", "readyz"]
+
+
+class MetricsController(PrometheusController):
+    """``GET /metrics`` in the Prometheus text format (multiprocess-aware)."""
+
+    path = "/metrics"
+
+
+@get("/healthz", sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    """The process is up and serving; says nothing about its dependencies."""
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(runtime: RuntimeDep) -> Response[dict[str, object]]:
+    """200 when every registered part answers; 503 naming each part that does not."""
+    names = list(runtime.checks)
+    results = await asyncio.gather(*(runtime.checks[name]() for name in names), return_exceptions=True)
+    failing = {name: type(result).__name__ for name, result in zip(names, results, strict=True) if result}
+    status = {name: ("ok" if name not in failing else "failing") for name in names}
+    if failing:
+        return Response(
+            {"status": "unavailable", "failing": sorted(failing), "checks": status}, status_code=503
+        )
+    return Response({"status": "ok", "checks": status}, status_code=200)

@@ -1,0 +1,64 @@
+"""Settings are read once, with SPEC defaults, and a bad value names its variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from chainfeed.config import load
+from chainfeed.errors import ConfigError
+
+GOOD = {"CHAINFEED_JWT_SECRET": "s" * 32, "CHAINFEED_ALCHEMY_SIGNING_KEYS": "k1, k2"}
+
+
+def test_defaults_follow_the_spec() -> None:
+    settings = load(GOOD)
+    assert settings.stream == "feed:stream"
+    assert settings.consumer_group == "feed:consumers"
+    assert settings.dead_letter_stream == "feed:stream:dead"
+    assert (settings.stream_batch, settings.stream_block_ms) == (10, 1000)
+    assert (settings.claim_idle_ms, settings.max_deliveries, settings.stream_maxlen) == (30000, 3, 10000)
+    assert (settings.ws_max_per_user, settings.ws_max_total, settings.ws_send_queue) == (5, 20000, 256)
+    assert (settings.ws_ping_interval, settings.ws_pong_timeout) == (54, 60)
+    assert settings.jwt_ttl_seconds == 86400
+    assert settings.alchemy_signing_keys == ("k1", "k2")
+    assert settings.ws_allowed_origins is None
+    assert settings.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CHAINFEED_STREAM_BATCH", "ten"),
+        ("CHAINFEED_STREAM_BATCH", "0"),
+        ("CHAINFEED_WS_PING_INTERVAL", "-1"),
+        ("CHAINFEED_DATABASE_URL", "mysql://x"),
+        ("CHAINFEED_REDIS_URL", "http://x"),
+        ("CHAINFEED_LOG_FORMAT", "xml"),
+        ("CHAINFEED_LOG_LEVEL", "loud"),
+        ("CHAINFEED_JWT_SECRET", "short"),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({**GOOD, variable: value})
+    assert info.value.variable == variable
+    assert str(info.value).startswith(variable)
+
+
+@pytest.mark.parametrize("missing", ["CHAINFEED_JWT_SECRET", "CHAINFEED_ALCHEMY_SIGNING_KEYS"])
+def test_serve_requires_its_secrets(missing: str) -> None:
+    env = dict(GOOD)
+    del env[missing]
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    assert info.value.variable == missing
+
+
+def test_dev_makes_do_without_secrets_and_logs_to_the_console() -> None:
+    settings = load({}, dev=True)
+    assert settings.jwt_secret == ""
+    assert settings.log_format == "console"
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    assert "s" * 32 not in repr(load(GOOD))
