@@ -16,10 +16,13 @@ import asyncpg
 import structlog
 from redis.asyncio import Redis
 
+from chainfeed import delivery, outbox
 from chainfeed.config import Settings
+from chainfeed.hub import Hub
+from chainfeed.outbox import OutboxRelay
 from chainfeed.storage import create_pool
 
-__all__ = ["Runtime", "open_runtime"]
+__all__ = ["Runtime", "open_runtime", "redis_client"]
 
 log = structlog.get_logger(__name__)
 HealthCheck = Callable[[], Awaitable[None]]
@@ -34,6 +37,10 @@ class Runtime:
     redis: Redis
     checks: dict[str, HealthCheck] = field(default_factory=dict)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Set by ``outbox.start``: the relay that publishes committed feed items.
+    relay: OutboxRelay | None = None
+    #: Set by ``delivery.start``: this process's WebSocket hub.
+    hub: Hub | None = None
 
     def start_worker(self, name: str, coro: Awaitable[None]) -> asyncio.Task[None]:
         """Run ``coro`` for the life of the process; cancelled (and awaited) on close."""
@@ -72,7 +79,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     runtime.checks["postgres"] = check_postgres
     runtime.checks["redis"] = check_redis
     try:
-        # Background workers of later stages (outbox relay, stream consumer, hub) start here.
+        await outbox.start(runtime)
+        await delivery.start(runtime)
         yield runtime
     finally:
         for task in runtime.workers:

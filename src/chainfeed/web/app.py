@@ -14,6 +14,7 @@ from litestar.plugins.prometheus import PrometheusConfig
 from chainfeed import __version__
 from chainfeed.config import Settings
 from chainfeed.observability import metrics as _metrics  # noqa: F401 - registers every metric at start
+from chainfeed.observability.tracing import configure_tracing
 from chainfeed.runtime import open_runtime
 from chainfeed.web.addresses import AddressController
 from chainfeed.web.auth import AuthController, MeController
@@ -21,6 +22,8 @@ from chainfeed.web.deps import provide_runtime
 from chainfeed.web.errors import EXCEPTION_HANDLERS
 from chainfeed.web.feed import FeedController
 from chainfeed.web.ops import MetricsController, healthz, readyz
+from chainfeed.web.webhooks import ROUTES as WEBHOOK_ROUTES
+from chainfeed.web.ws import ROUTES as WS_ROUTES
 
 __all__ = ["create_app"]
 
@@ -30,6 +33,7 @@ def create_app(settings: Settings) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        configure_tracing()
         async with open_runtime(settings) as runtime:
             app.state.runtime = runtime
             yield
@@ -49,6 +53,8 @@ def create_app(settings: Settings) -> Litestar:
             healthz,
             readyz,
             MetricsController,
+            *WEBHOOK_ROUTES,
+            *WS_ROUTES,
         ],
         dependencies={"runtime": Provide(provide_runtime, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

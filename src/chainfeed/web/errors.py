@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -21,6 +22,8 @@ from chainfeed.errors import (
 from chainfeed.storage.pool import POSTGRES_DOWN
 
 __all__ = ["EXCEPTION_HANDLERS"]
+
+log = structlog.get_logger(__name__)
 
 _STATUS: dict[type[ChainFeedError], int] = {
     ValidationError: 400,
@@ -58,7 +61,14 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[s
     return Response(body, status_code=exc.status_code, headers=exc.headers, media_type=MediaType.JSON)
 
 
+def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    """A bug: log it once with the traceback (not the query string) and answer a bare 500."""
+    log.exception("unhandled error", method=request.method, path=request.url.path)
+    return Response({"error": "internal server error"}, status_code=500, media_type=MediaType.JSON)
+
+
 EXCEPTION_HANDLERS: dict[type[Exception], object] = {
+    Exception: unexpected,
     ChainFeedError: chainfeed_error,
     HTTPException: http_error,
     **dict.fromkeys((*POSTGRES_DOWN, RedisConnectionError, RedisTimeoutError), backend_down),

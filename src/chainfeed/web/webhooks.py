@@ -1,0 +1,9 @@
+"""``POST /webhooks/alchemy`` (issue: ingest). Placeholder: no routes yet."""
+
+from __future__ import annotations
+
+from litestar.types import ControllerRouterHandler
+
+__all__ = ["ROUTES"]
+
+ROUTES: list[ControllerRouterHandler] = []
