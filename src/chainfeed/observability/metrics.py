@@ -15,6 +15,7 @@ __all__ = [
     "DELIVERY_LATENCY",
     "FEED_ITEMS_CREATED",
     "OUTBOX_BACKLOG",
+    "REDIS_STREAM_CONSUMERS",
     "REDIS_STREAM_CONSUMER_LAG",
     "REDIS_STREAM_LENGTH",
     "REDIS_STREAM_PENDING",
@@ -63,6 +64,12 @@ REDIS_STREAM_CONSUMER_LAG = Gauge(
 )
 REDIS_STREAM_RETRIES = Counter(
     "redis_stream_retry_count_total", "Stream entries claimed from an idle consumer and retried."
+)
+REDIS_STREAM_CONSUMERS = Gauge(
+    "redis_stream_consumers",
+    "Consumers of the group that were active within the claim window (XINFO CONSUMERS).",
+    ["group"],
+    multiprocess_mode="max",
 )
 DEAD_LETTERS = Counter("redis_stream_dead_letters_total", "Stream entries moved to the dead-letter stream.")
 
