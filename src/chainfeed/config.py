@@ -51,6 +51,14 @@ class Settings:
     log_level: str = "info"
     max_addresses_per_user: int = 100
     webhook_max_bytes: int = 1024 * 1024
+    alchemy_api_url: str = "https://dashboard.alchemy.com/api"
+    alchemy_auth_token: str = field(default="", repr=False)
+    alchemy_webhook_id: str = ""
+
+    @property
+    def alchemy_sync_enabled(self) -> bool:
+        """Sync the watch list to Alchemy only when both the token and the webhook id are set."""
+        return bool(self.alchemy_auth_token and self.alchemy_webhook_id)
 
     def with_services(self, *, database_url: str, redis_url: str) -> Settings:
         """A copy pointing at the given PostgreSQL and Redis (used by ``dev`` and the tests)."""
@@ -98,6 +106,10 @@ def load(environ: Mapping[str, str] | None = None, *, dev: bool = False) -> Sett
         ws_allowed_origins=reader.get("CHAINFEED_WS_ALLOWED_ORIGINS", None, _csv),
         log_format=reader.get("CHAINFEED_LOG_FORMAT", "console" if dev else "json", _log_format),
         log_level=reader.get("CHAINFEED_LOG_LEVEL", "info", _log_level),
+        alchemy_api_url=reader.url("CHAINFEED_ALCHEMY_API_URL", ("https://", "http://"))
+        or "https://dashboard.alchemy.com/api",
+        alchemy_auth_token=reader.get("CHAINFEED_ALCHEMY_AUTH_TOKEN", "", str),
+        alchemy_webhook_id=reader.get("CHAINFEED_ALCHEMY_WEBHOOK_ID", "", str),
     )
     if not dev:
         _require_secrets(settings)

@@ -17,6 +17,8 @@ import structlog
 from redis.asyncio import Redis
 
 from chainfeed import delivery, outbox
+from chainfeed.alchemy_api import AlchemyApi
+from chainfeed.alchemy_sync import AlchemySync, sync_settings_summary
 from chainfeed.config import Settings
 from chainfeed.hub import Hub
 from chainfeed.outbox import OutboxRelay
@@ -41,6 +43,8 @@ class Runtime:
     relay: OutboxRelay | None = None
     #: Set by ``delivery.start``: this process's WebSocket hub.
     hub: Hub | None = None
+    #: Set when Alchemy sync is configured: keeps the webhook's address list in step.
+    alchemy_sync: AlchemySync | None = None
 
     def start_worker(self, name: str, coro: Awaitable[None]) -> asyncio.Task[None]:
         """Run ``coro`` for the life of the process; cancelled (and awaited) on close."""
@@ -81,6 +85,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     try:
         await outbox.start(runtime)
         await delivery.start(runtime)
+        _start_alchemy_sync(runtime)
         yield runtime
     finally:
         for task in runtime.workers:
@@ -88,3 +93,24 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         await asyncio.gather(*runtime.workers, return_exceptions=True)
         await redis.aclose()
         await pool.close()
+
+
+def _start_alchemy_sync(runtime: Runtime) -> None:
+    """Start the watch-list sync when it is configured; say at start-up whether it is on."""
+    settings = runtime.settings
+    log.info(sync_settings_summary(settings))
+    if not settings.alchemy_sync_enabled:
+        return
+    api = AlchemyApi(
+        settings.alchemy_api_url, token=settings.alchemy_auth_token, webhook_id=settings.alchemy_webhook_id
+    )
+    runtime.alchemy_sync = AlchemySync(runtime.pool, api)
+
+    async def run() -> None:
+        assert runtime.alchemy_sync is not None
+        try:
+            await runtime.alchemy_sync.run()
+        finally:
+            await api.aclose()
+
+    runtime.start_worker("alchemy-sync", run())

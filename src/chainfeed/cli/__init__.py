@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from chainfeed.cli import commands
+from chainfeed.cli import alchemy, commands
 from chainfeed.errors import ChainFeedError
 from chainfeed.storage.pool import POSTGRES_DOWN
 
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl", type=int, default=None, help="lifetime in seconds (default CHAINFEED_JWT_TTL_SECONDS)"
     )
     token.set_defaults(func=commands.token)
+
+    alchemy.add_parser(sub)
     return parser
 
 

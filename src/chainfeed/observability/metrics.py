@@ -11,6 +11,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ACTIVITIES_INGESTED",
+    "ALCHEMY_SYNC_LAST_SUCCESS",
+    "ALCHEMY_SYNC_PENDING",
+    "ALCHEMY_SYNC_REQUESTS",
     "DEAD_LETTERS",
     "DELIVERY_LATENCY",
     "FEED_ITEMS_CREATED",
@@ -83,6 +86,23 @@ ACTIVITIES_INGESTED = Counter("webhook_activities_total", "Alchemy activities in
 FEED_ITEMS_CREATED = Counter("feed_items_created_total", "Feed items committed to PostgreSQL.")
 OUTBOX_BACKLOG = Gauge(
     "outbox_backlog", "Committed feed items not yet published to the stream.", multiprocess_mode="max"
+)
+
+# --- Watch-list sync with Alchemy ------------------------------------------------------------
+ALCHEMY_SYNC_PENDING = Gauge(
+    "alchemy_sync_pending_changes",
+    "Watched-address changes not yet acknowledged by Alchemy.",
+    multiprocess_mode="max",
+)
+ALCHEMY_SYNC_REQUESTS = Counter(
+    "alchemy_sync_requests_total",
+    "Calls to Alchemy's address API by outcome (ok, retry, unauthorized, rejected).",
+    ["outcome"],
+)
+ALCHEMY_SYNC_LAST_SUCCESS = Gauge(
+    "alchemy_sync_last_success_timestamp_seconds",
+    "Unix time of the last successful address update at Alchemy.",
+    multiprocess_mode="max",
 )
 
 # --- Latency ---------------------------------------------------------------------------------

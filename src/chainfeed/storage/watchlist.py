@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from chainfeed.errors import ConflictError, NotFoundError
+from chainfeed.storage.alchemy_sync import record_watch_change
 
 __all__ = ["add_address", "list_addresses", "remove_address"]
 
@@ -65,13 +66,16 @@ async def add_address(
             label,
         )
         assert row is not None
+        await record_watch_change(conn, address)
         return _entry(row), True
 
 
 async def remove_address(pool: asyncpg.Pool, user_id: int, address: str) -> None:
     """Stop watching ``address``; NotFoundError when it was not watched."""
-    status = await pool.execute(
-        "DELETE FROM watched_addresses WHERE user_id = $1 AND address = $2", user_id, address
-    )
-    if status.endswith(" 0"):
-        raise NotFoundError("address is not on the watch list")
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.execute(
+            "DELETE FROM watched_addresses WHERE user_id = $1 AND address = $2", user_id, address
+        )
+        if status.endswith(" 0"):
+            raise NotFoundError("address is not on the watch list")
+        await record_watch_change(conn, address)

@@ -1,0 +1,76 @@
+"""``chainfeed alchemy sync [--full]``: push the watch list to the Alchemy webhook by hand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import asyncpg
+
+from chainfeed import config
+from chainfeed.alchemy_api import AlchemyApi
+from chainfeed.alchemy_sync import AlchemySync, full_sync
+from chainfeed.errors import ConfigError
+from chainfeed.storage import create_pool
+from chainfeed.storage.alchemy_sync import pending_count
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``alchemy sync``."""
+    alchemy = sub.add_parser("alchemy", help="keep the Alchemy webhook's address list in sync")
+    actions = alchemy.add_subparsers(dest="alchemy_command", required=True, metavar="ACTION")
+    sync = actions.add_parser(
+        "sync", help="send pending watch-list changes now (--full: replace the whole list)"
+    )
+    sync.add_argument(
+        "--full", action="store_true", help="replace the webhook's list with every watched address"
+    )
+    sync.set_defaults(func=sync_command)
+
+
+def sync_command(args: argparse.Namespace) -> int:
+    """Send what is pending, or with ``--full`` replace the list; prints what was done."""
+    settings = config.load(dev=True)
+    if not settings.database_url:
+        raise ConfigError("CHAINFEED_DATABASE_URL", "is required")
+    if not settings.alchemy_auth_token:
+        raise ConfigError("CHAINFEED_ALCHEMY_AUTH_TOKEN", "is required for alchemy sync")
+    if not settings.alchemy_webhook_id:
+        raise ConfigError("CHAINFEED_ALCHEMY_WEBHOOK_ID", "is required for alchemy sync")
+    database_url = settings.database_url
+
+    async def run() -> int:
+        pool: asyncpg.Pool = await create_pool(database_url, max_size=2)
+        api = AlchemyApi(
+            settings.alchemy_api_url,
+            token=settings.alchemy_auth_token,
+            webhook_id=settings.alchemy_webhook_id,
+        )
+        try:
+            if args.full:
+                sent = await full_sync(pool, api)
+                print(f"replaced webhook {settings.alchemy_webhook_id} list with {sent} address(es)")
+                return 0
+            worker = AlchemySync(pool, api)
+            rounds = 0
+            while await worker.sync_once():
+                rounds += 1
+                print(f"sent batch {rounds}", flush=True)
+            left = await pending_count(pool)
+            if worker.paused_reason:
+                print(f"chainfeed: alchemy refused our token: {worker.paused_reason}", file=sys.stderr)
+                return 1
+            print(f"done: {left} change(s) still pending" if left else "done: nothing pending")
+            return 1 if left else 0
+        finally:
+            await api.aclose()
+            await pool.close()
+
+    try:
+        return asyncio.run(run())
+    except RuntimeError as exc:
+        print(f"chainfeed: {exc}", file=sys.stderr)
+        return 1
