@@ -56,6 +56,9 @@ class AlchemySync:
                 ALCHEMY_SYNC_PENDING.set(await store.pending_count(self._pool))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("alchemy sync round failed", error=str(exc))
+            except Exception:
+                # A bug must not end the worker silently: log it and try again next round.
+                log.exception("alchemy sync round crashed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
             self._wake.clear()
