@@ -144,10 +144,13 @@ async def _clean_slate(request: pytest.FixtureRequest) -> None:
 class RunningApp:
     """A ChainFeed app served by a real uvicorn on a loopback port."""
 
-    def __init__(self, settings: Settings, server: uvicorn.Server, port: int) -> None:
+    def __init__(
+        self, settings: Settings, server: uvicorn.Server, port: int, task: asyncio.Task[None]
+    ) -> None:
         self.settings = settings
         self.server = server
         self.port = port
+        self.task = task
         self.base_url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}/ws"
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=10)
@@ -165,6 +168,14 @@ class RunningApp:
         assert response.status_code == 201, response.text
         body: dict[str, Any] = response.json()
         return body
+
+    async def stop(self) -> None:
+        """Shut the server down as SIGTERM would (lifespan shutdown included); idempotent."""
+        if not self.http.is_closed:
+            await self.http.aclose()
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, timeout=15)
 
     @staticmethod
     def auth(token: str) -> dict[str, str]:
@@ -193,11 +204,11 @@ AppFactory = Callable[..., Awaitable[RunningApp]]
 @pytest.fixture
 async def app_factory(settings: Settings) -> AsyncIterator[AppFactory]:
     """Start apps (``await app_factory(**setting_overrides)``); all are shut down after the test."""
-    started: list[tuple[RunningApp, asyncio.Task[None]]] = []
+    started: list[RunningApp] = []
 
-    async def start(**overrides: Any) -> RunningApp:
+    async def start(port: int | None = None, **overrides: Any) -> RunningApp:
         app_settings = replace(settings, **overrides)
-        port = free_port()
+        port = port or free_port()
         server = _InLoopServer(
             uvicorn_config(create_app(app_settings), app_settings, host="127.0.0.1", port=port)
         )
@@ -207,16 +218,13 @@ async def app_factory(settings: Settings) -> AsyncIterator[AppFactory]:
                 task.result()
                 raise RuntimeError("server stopped during start-up")
             await asyncio.sleep(0.01)
-        running = RunningApp(app_settings, server, port)
-        started.append((running, task))
+        running = RunningApp(app_settings, server, port, task)
+        started.append(running)
         return running
 
     yield start
-    for running, task in reversed(started):
-        await running.http.aclose()
-        running.server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, timeout=15)
+    for running in reversed(started):
+        await running.stop()
 
 
 @pytest.fixture
