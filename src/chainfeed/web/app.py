@@ -22,6 +22,7 @@ from chainfeed.web.deps import provide_runtime
 from chainfeed.web.errors import EXCEPTION_HANDLERS
 from chainfeed.web.feed import FeedController
 from chainfeed.web.ops import MetricsController, healthz, readyz
+from chainfeed.web.page import ROUTES as PAGE_ROUTES
 from chainfeed.web.webhooks import ROUTES as WEBHOOK_ROUTES
 from chainfeed.web.ws import ROUTES as WS_ROUTES
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> Litestar:
             MetricsController,
             *WEBHOOK_ROUTES,
             *WS_ROUTES,
+            *PAGE_ROUTES,
         ],
         dependencies={"runtime": Provide(provide_runtime, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
