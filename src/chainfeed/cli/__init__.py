@@ -10,7 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from chainfeed.cli import alchemy, commands
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from chainfeed.cli import alchemy, commands, stream_ops
 from chainfeed.errors import ChainFeedError
 from chainfeed.storage.pool import POSTGRES_DOWN
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=commands.token)
 
     alchemy.add_parser(sub)
+    stream_ops.add_parsers(sub)
     return parser
 
 
@@ -65,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except POSTGRES_DOWN as exc:
         print(f"chainfeed: cannot reach PostgreSQL: {exc}", file=sys.stderr)
+        return 1
+    except RedisConnectionError as exc:
+        print(f"chainfeed: cannot reach Redis: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,157 @@
+"""``chainfeed stream info`` and ``chainfeed dlq list|replay|purge``: the stream as an operator sees it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.asyncio import Redis
+
+from chainfeed import config
+from chainfeed.config import Settings
+from chainfeed.errors import ConfigError, NotFoundError
+from chainfeed.stream_admin import StreamInfo, dlq_list, dlq_purge, dlq_replay, entry_age_seconds, stream_info
+
+__all__ = ["add_parsers"]
+
+_T = TypeVar("_T")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``stream`` and ``dlq``."""
+    stream = sub.add_parser("stream", help="inspect the feed stream and its consumer group")
+    stream_actions = stream.add_subparsers(dest="stream_command", required=True, metavar="ACTION")
+    info = stream_actions.add_parser("info", help="length, groups, consumers, pending and lag")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(func=info_command)
+
+    dlq = sub.add_parser("dlq", help="dead letters: list, replay onto the stream, purge")
+    dlq_actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    listing = dlq_actions.add_parser("list", help="show dead letters, oldest first")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of text")
+    listing.set_defaults(func=list_command)
+    replay = dlq_actions.add_parser("replay", help="put dead letters back onto the stream")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--id", action="append", dest="ids", metavar="ID", help="a dead letter id (repeatable)"
+    )
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    replay.set_defaults(func=replay_command)
+    purge = dlq_actions.add_parser("purge", help="delete every dead letter")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge.set_defaults(func=purge_command)
+
+
+def _with_redis(work: Callable[[Redis, Settings], Awaitable[_T]]) -> _T:
+    settings = config.load(dev=True)
+    if not settings.redis_url:
+        raise ConfigError("CHAINFEED_REDIS_URL", "is required")
+    url = settings.redis_url
+
+    async def run() -> _T:
+        redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10)
+        try:
+            return await work(redis, settings)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def info_command(args: argparse.Namespace) -> int:
+    """Print what XINFO STREAM/GROUPS/CONSUMERS and XPENDING say, readable."""
+    info = _with_redis(lambda redis, s: stream_info(redis, s.stream, s.dead_letter_stream))
+    print(json.dumps(info.as_dict(), indent=2) if args.json else _render(info))
+    return 0
+
+
+def _age(entry_id: str | None) -> str:
+    return f"{entry_id} ({entry_age_seconds(entry_id):.1f}s old)" if entry_id else "-"
+
+
+def _render(info: StreamInfo) -> str:
+    lines = [
+        f"stream        {info.stream}",
+        f"length        {info.length}",
+        f"first entry   {_age(info.first_entry_id)}",
+        f"last entry    {_age(info.last_entry_id)}",
+        f"dead letters  {info.dead_letters}",
+    ]
+    if not info.groups:
+        lines.append("groups        none (no consumer has started yet)")
+    for group in info.groups:
+        lines += [
+            f"group         {group.name}",
+            f"  last delivered  {group.last_delivered_id}",
+            f"  pending         {group.pending}"
+            + (f" (oldest {_age(group.oldest_pending_id)})" if group.oldest_pending_id else ""),
+            f"  lag             {group.lag_seconds:.1f}s (age of the oldest unacknowledged entry)",
+            f"  consumers       {len(group.consumers)}",
+        ]
+        lines += [
+            f"    {c.name:<32} pending {c.pending:<6} idle {c.idle_seconds:.1f}s" for c in group.consumers
+        ]
+    return "\n".join(lines)
+
+
+def list_command(args: argparse.Namespace) -> int:
+    """Print dead letters with their original id, user, deliveries and error."""
+    letters = _with_redis(lambda redis, s: dlq_list(redis, s.dead_letter_stream, limit=args.limit))
+    if args.json:
+        print(json.dumps([{"id": letter.id, **letter.fields} for letter in letters], indent=2))
+        return 0
+    if not letters:
+        print("no dead letters")
+    for letter in letters:
+        f = letter.fields
+        print(
+            f"{letter.id}  original {f.get('original_id', '?')}  user {f.get('user_id', '?')}"
+            f"  type {f.get('type', '?')}  deliveries {f.get('deliveries', '?')}  error: {f.get('error', '')}"
+        )
+    return 0
+
+
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    print(
+        f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    if done == total:
+        print(file=sys.stderr)
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """Move dead letters back onto the stream, atomically one by one, with a progress bar."""
+    try:
+        count = _with_redis(
+            lambda redis, s: dlq_replay(
+                redis, s.dead_letter_stream, s.stream, ids=None if args.all else args.ids, progress=_progress
+            )
+        )
+    except KeyError as exc:
+        raise NotFoundError(f"no dead letter with id {exc.args[0]}") from None
+    print(f"replayed {count} dead letter(s) onto the stream")
+    return 0
+
+
+def purge_command(args: argparse.Namespace) -> int:
+    """Delete every dead letter, after confirmation unless --yes."""
+    if not args.yes:
+        answer = (
+            input("Delete every dead letter? This cannot be undone. [y/N] ") if sys.stdin.isatty() else ""
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not purged (use --yes to skip this question)", file=sys.stderr)
+            return 1
+    count = _with_redis(lambda redis, s: dlq_purge(redis, s.dead_letter_stream))
+    print(f"purged {count} dead letter(s)")
+    return 0
