@@ -1,0 +1,157 @@
+"""Ingest use case: one Alchemy webhook -> verified, parsed, stored with its feed items -> relay woken.
+
+Order of checks, cheapest and least trusting first:
+
+1. signature over the raw bytes (401 ``bad_signature``), before any parsing;
+2. shape (400 ``malformed``, naming the JSON path);
+3. a capacity-limit notice (``event.error``, no activity) is accepted, logged, counted, stored nowhere;
+4. Redis must answer a PING (503 ``unavailable``) *before* anything is written: items committed
+   during an outage could not reach anyone, and Alchemy will retry the delivery anyway;
+5. one idempotent PostgreSQL statement (503 if PostgreSQL is unreachable, nothing half-written);
+6. wake the outbox relay, which publishes to the stream after the commit.
+
+A Redis outage that starts between steps 4 and 6 loses nothing: the items are committed with
+``published_at`` NULL and the relay publishes them once Redis is back.
+
+Every request counts once in ``webhook_requests_total{outcome}``; the body's size limit (413
+``too_large``) is enforced by the web layer, which reports it through :func:`reject_too_large`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from chainfeed.domain.alchemy import Webhook, metric_category, parse_webhook
+from chainfeed.domain.signature import signature_valid
+from chainfeed.errors import AuthError, UnavailableError, ValidationError
+from chainfeed.observability.metrics import (
+    ACTIVITIES_INGESTED,
+    FEED_ITEMS_CREATED,
+    STAGE_DURATION,
+    WEBHOOK_REQUESTS,
+)
+from chainfeed.observability.tracing import inject_context, tracer
+from chainfeed.outbox import OutboxRelay
+from chainfeed.storage.ingest import StoredWebhook, store_webhook
+from chainfeed.storage.pool import POSTGRES_DOWN
+
+__all__ = ["IngestResult", "ingest_webhook", "reject_too_large"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """The webhook's answer: activities received, feed items created by this delivery."""
+
+    activities: int
+    new_feed_items: int
+
+    def as_json(self) -> dict[str, int]:
+        """``{"activities": n, "new_feed_items": m}`` (SPEC)."""
+        return {"activities": self.activities, "new_feed_items": self.new_feed_items}
+
+
+def reject_too_large(size: int | None, limit: int) -> None:
+    """Count and log a body refused for its size (the web layer answers 413)."""
+    WEBHOOK_REQUESTS.labels(outcome="too_large").inc()
+    log.warning("webhook rejected", outcome="too_large", content_length=size, limit=limit)
+
+
+async def ingest_webhook(
+    body: bytes,
+    signature: str | None,
+    *,
+    signing_keys: tuple[str, ...],
+    pool: asyncpg.Pool,
+    relay: OutboxRelay,
+) -> IngestResult:
+    """Verify, parse and store one delivery; raises AuthError, ValidationError or UnavailableError."""
+    started = time.perf_counter()
+    with tracer.start_as_current_span("ingest webhook", kind=SpanKind.INTERNAL) as span:
+        if not signature_valid(body, signature, signing_keys):
+            _reject("bad_signature", size=len(body), signature_present=bool(signature))
+            raise AuthError("missing X-Alchemy-Signature" if not signature else "invalid X-Alchemy-Signature")
+        try:
+            webhook = parse_webhook(body)
+        except ValidationError as exc:
+            _reject("malformed", reason=str(exc), size=len(body))
+            raise
+        span.set_attribute("alchemy.event_id", webhook.event_id)
+        span.set_attribute("alchemy.activity_count", webhook.activity_count)
+        if webhook.notice is not None and not webhook.transfers:
+            WEBHOOK_REQUESTS.labels(outcome="accepted").inc()
+            log.warning("webhook notice", event_id=webhook.event_id, notice=webhook.notice)
+            return IngestResult(activities=0, new_feed_items=0)
+        if not await relay.probe.available():
+            _reject("unavailable", part="redis", event_id=webhook.event_id)
+            span.set_status(Status(StatusCode.ERROR, "redis unavailable"))
+            raise UnavailableError("redis")
+        stored = await _store(pool, webhook)
+    if stored.new_feed_items:
+        relay.wake()
+    _accepted(webhook, stored, elapsed=time.perf_counter() - started)
+    return IngestResult(activities=webhook.activity_count, new_feed_items=stored.new_feed_items)
+
+
+async def _store(pool: asyncpg.Pool, webhook: Webhook) -> StoredWebhook:
+    """The database write, in a CLIENT span whose context the new feed items keep for the relay."""
+    started = time.perf_counter()
+    with tracer.start_as_current_span(
+        "ingest store",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system.name": "postgresql",
+            "db.operation.name": "INSERT",
+            "db.collection.name": "transactions",
+        },
+    ) as span:
+        context = inject_context({})
+        try:
+            stored = await store_webhook(
+                pool, webhook, traceparent=context.get("traceparent"), tracestate=context.get("tracestate")
+            )
+        except POSTGRES_DOWN as exc:
+            _reject("unavailable", part="postgres", event_id=webhook.event_id, error=repr(exc))
+            span.set_status(Status(StatusCode.ERROR, "postgres unavailable"))
+            raise UnavailableError("postgres") from None
+        except asyncpg.DataError as exc:
+            # A value PostgreSQL refuses (e.g. a \\u0000 inside a string): the input's fault, not ours.
+            _reject("malformed", reason=str(exc), event_id=webhook.event_id)
+            raise ValidationError(f"malformed webhook: {exc}") from None
+    STAGE_DURATION.labels(stage="db_write").observe(time.perf_counter() - started)
+    return stored
+
+
+def _accepted(webhook: Webhook, stored: StoredWebhook, *, elapsed: float) -> None:
+    WEBHOOK_REQUESTS.labels(outcome="accepted").inc()
+    categories = Counter(metric_category(t.category) for t in webhook.transfers)
+    for category, count in categories.items():
+        ACTIVITIES_INGESTED.labels(category=category).inc(count)
+    if stored.new_feed_items:
+        FEED_ITEMS_CREATED.inc(stored.new_feed_items)
+    STAGE_DURATION.labels(stage="ingest").observe(elapsed)
+    log.info(
+        "webhook ingested",
+        event_id=webhook.event_id,
+        webhook_id=webhook.webhook_id,
+        network=webhook.network,
+        activities=webhook.activity_count,
+        new_transfers=stored.new_transfers,
+        updated_transfers=stored.updated_transfers,
+        new_feed_items=stored.new_feed_items,
+        deliveries=stored.deliveries,
+        notice=webhook.notice,
+        duration_ms=round(elapsed * 1000, 2),
+    )
+
+
+def _reject(outcome: str, **fields: object) -> None:
+    WEBHOOK_REQUESTS.labels(outcome=outcome).inc()
+    log.warning("webhook rejected", outcome=outcome, **fields)

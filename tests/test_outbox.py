@@ -1,0 +1,164 @@
+"""The outbox relay: committed feed items reach the stream once, in order, whatever crashed when."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from chainfeed.config import Settings
+from chainfeed.domain.alchemy import parse_webhook
+from chainfeed.embedded import free_port
+from chainfeed.outbox import OutboxRelay
+from chainfeed.runtime import redis_client
+from chainfeed.storage import create_pool
+from chainfeed.storage.ingest import store_webhook
+from tests.conftest import AppFactory, app_runtime
+from tests.ingest_support import activity, address, eventually, post_webhook, stream_entries, watch, webhook
+
+ME, ALICE = address(0xA11CE0), address(0xA11CE1)
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    assert settings.database_url is not None
+    created = await create_pool(settings.database_url)
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+async def _watchers(db: asyncpg.Connection, count: int, watched: str) -> list[int]:
+    ids = []
+    for n in range(count):
+        user_id = await db.fetchval(
+            "INSERT INTO users (username, password_hash) VALUES ($1, 'x') RETURNING id", f"watcher{n}"
+        )
+        await db.execute("INSERT INTO watched_addresses (user_id, address) VALUES ($1, $2)", user_id, watched)
+        ids.append(int(user_id))
+    return ids
+
+
+async def _commit_without_publishing(pool: asyncpg.Pool, transfers: int) -> int:
+    """What ingest commits, with no relay running: the state a crash right after COMMIT leaves."""
+    body = webhook(*(activity("token", frm=ALICE, to=ME, log_index=i) for i in range(transfers)))
+    stored = await store_webhook(pool, parse_webhook(json.dumps(body).encode()))
+    return stored.new_feed_items
+
+
+async def _unpublished(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM feed_items WHERE published_at IS NULL"))
+
+
+async def test_item_committed_before_a_crash_is_published_after_restart(
+    app_factory: AppFactory, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """The process dies between COMMIT and XADD (its relay never runs); the next process publishes it."""
+    first = await app_factory()
+    session = await first.register()
+    await watch(first, session["access_token"], ME)
+    relay_task = next(t for t in app_runtime(first).workers if t.get_name() == "outbox-relay")
+    relay_task.cancel()
+    response = await post_webhook(first, webhook(activity("external", frm=ALICE, to=ME)))
+    assert response.json() == {"activities": 1, "new_feed_items": 1}
+    first.server.should_exit = True
+    assert await stream_entries(redis) == []
+    assert await _unpublished(db) == 1
+
+    await app_factory()  # the restarted process
+
+    async def published() -> bool:
+        return len(await stream_entries(redis)) == 1 and await _unpublished(db) == 0
+
+    await eventually(published, what="the orphaned item on the stream")
+    (entry,) = await stream_entries(redis)
+    assert int(entry["feed_item_id"]) == await db.fetchval("SELECT id FROM feed_items")
+    assert entry["user_id"] == str(session["user"]["id"])
+
+
+async def test_several_relays_publish_each_item_once_in_id_order(
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """Three instances' relays drain one backlog at once: every item once, the stream in id order."""
+    await _watchers(db, 3, ME)
+    assert await _commit_without_publishing(pool, 200) == 600
+    client = redis_client(settings.redis_url or "")
+    try:
+        relays = [
+            OutboxRelay(pool=pool, redis=client, stream=settings.stream, batch_size=50) for _ in range(3)
+        ]
+        counts = await asyncio.gather(*(relay.drain() for relay in relays))
+    finally:
+        await client.aclose()
+    assert sum(counts) == 600
+    ids = [int(e["feed_item_id"]) for e in await stream_entries(redis)]
+    assert len(ids) == len(set(ids)) == 600
+    assert ids == sorted(ids)
+    assert await _unpublished(db) == 0
+
+
+async def test_failed_publish_leaves_items_for_the_next_pass(
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """XADD fails (Redis unreachable): the batch is rolled back, then published by a healthy pass."""
+    await _watchers(db, 1, ME)
+    await _commit_without_publishing(pool, 3)
+    dead = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    try:
+        with pytest.raises(RedisConnectionError):
+            await OutboxRelay(pool=pool, redis=dead, stream=settings.stream).drain()
+    finally:
+        await dead.aclose()
+    assert await _unpublished(db) == 3
+    assert await stream_entries(redis) == []
+    client = redis_client(settings.redis_url or "")
+    try:
+        assert await OutboxRelay(pool=pool, redis=client, stream=settings.stream).drain() == 3
+    finally:
+        await client.aclose()
+    assert len(await stream_entries(redis)) == 3
+
+
+async def test_relay_wakes_promptly_after_a_commit(
+    app_factory: AppFactory, redis: Redis, db: asyncpg.Connection
+) -> None:
+    """The webhook wakes the relay: the entry appears well before the 1 s sweep would find it."""
+    app = await app_factory()
+    session = await app.register()
+    await watch(app, session["access_token"], ME)
+    await post_webhook(app, webhook(activity("external", frm=ALICE, to=ME)))  # warm up
+    await eventually(lambda: _length(redis, 1))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    response = await post_webhook(app, webhook(activity("external", frm=ALICE, to=ME)))
+    assert response.json()["new_feed_items"] == 1
+    await eventually(lambda: _length(redis, 2), within=0.5, what="the entry within 0.5 s")
+    assert time.monotonic() - started < 0.5
+
+
+async def _length(redis: Redis, count: int) -> bool:
+    return int(await redis.xlen("feed:stream")) >= count
+
+
+async def test_stream_entry_continues_the_ingest_trace(
+    app_factory: AppFactory, redis: Redis, db: asyncpg.Connection
+) -> None:
+    """The entry's traceparent is a child span in the trace the ingest started (same trace id)."""
+    app = await app_factory()
+    session = await app.register()
+    await watch(app, session["access_token"], ME)
+    await post_webhook(app, webhook(activity("external", frm=ALICE, to=ME)))
+    await eventually(lambda: _length(redis, 1))
+    (entry,) = await stream_entries(redis)
+    stored = await db.fetchval("SELECT traceparent FROM feed_items")
+    version, trace_id, span_id, _flags = entry["traceparent"].split("-")
+    assert (version, trace_id) == ("00", stored.split("-")[1])
+    assert span_id != stored.split("-")[2]
+    assert set(entry) >= {"user_id", "type", "payload", "feed_item_id", "created_at", "traceparent"}
