@@ -147,8 +147,8 @@ def _accepted(webhook: Webhook, stored: StoredWebhook, *, elapsed: float) -> Non
         updated_transfers=stored.updated_transfers,
         new_feed_items=stored.new_feed_items,
         deliveries=stored.deliveries,
-        notice=webhook.notice,
         duration_ms=round(elapsed * 1000, 2),
+        **({"notice": webhook.notice} if webhook.notice else {}),
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from chainfeed.cli import alchemy, commands, stream_ops
+from chainfeed.cli import alchemy, commands, simulate, stream_ops
 from chainfeed.errors import ChainFeedError
 from chainfeed.storage.pool import POSTGRES_DOWN
 
@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--data-dir", default=".chainfeed", help="where embedded data lives (default ./.chainfeed)"
     )
+    dev.add_argument(
+        "--simulate",
+        type=simulate.positive_rate,
+        default=None,
+        metavar="RATE",
+        help="also send RATE synthetic webhooks per second",
+    )
     dev.set_defaults(func=commands.dev)
 
     serve = sub.add_parser("serve", help="run the service against external PostgreSQL and Redis (production)")
@@ -55,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     alchemy.add_parser(sub)
     stream_ops.add_parsers(sub)
+    simulate.add_parser(sub)
     return parser
 
 

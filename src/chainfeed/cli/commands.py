@@ -22,7 +22,7 @@ __all__ = ["dev", "migrate", "serve", "token"]
 
 def dev(args: argparse.Namespace) -> int:
     """``chainfeed dev``: embedded servers, migrations, a demo user, and the app."""
-    return run_dev(host=args.host, port=args.port, data_dir=args.data_dir)
+    return run_dev(host=args.host, port=args.port, data_dir=args.data_dir, simulate=args.simulate)
 
 
 def serve(args: argparse.Namespace) -> int:

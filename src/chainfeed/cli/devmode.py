@@ -21,6 +21,7 @@ import asyncpg
 import uvicorn
 
 from chainfeed import config
+from chainfeed.cli import simulate as simulator
 from chainfeed.config import Settings
 from chainfeed.domain.passwords import hash_password
 from chainfeed.domain.tokens import issue_token
@@ -38,8 +39,12 @@ DEMO_PASSWORD = "demo-password"  # noqa: S105 - a published local-only demo logi
 DEMO_ADDRESS = "0xd8da6bf26964af9d7eed9e10e41856af7f5f8c8e"
 
 
-def run_dev(*, host: str, port: int, data_dir: str) -> int:
-    """Start everything, serve until Ctrl-C, stop what was started."""
+def run_dev(*, host: str, port: int, data_dir: str, simulate: float | None = None) -> int:
+    """Start everything, serve until Ctrl-C, stop what was started.
+
+    With ``simulate`` (webhooks per second), signed synthetic Alchemy webhooks about the watched
+    addresses flow in from a background thread, so the feed moves without a real Alchemy.
+    """
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     settings = _with_dev_secrets(config.load(dev=True), root)
@@ -51,7 +56,20 @@ def run_dev(*, host: str, port: int, data_dir: str) -> int:
         token = issue_token(user_id, secret=settings.jwt_secret, ttl_seconds=settings.jwt_ttl_seconds)
         _banner(settings, host=host, port=port, token=token)
         server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port))
-        server.run()
+        stop_simulator = None
+        if simulate:
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a comparison
+            stop_simulator = simulator.run_in_background(
+                url=f"http://{local}:{port}",
+                rate=simulate,
+                signing_key=settings.alchemy_signing_keys[0],
+                database_url=settings.database_url,
+            )
+        try:
+            server.run()
+        finally:
+            if stop_simulator is not None:
+                stop_simulator.set()
     return 0
 
 
