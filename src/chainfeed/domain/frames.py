@@ -1,0 +1,134 @@
+"""WebSocket frames and the messages instances exchange about them, as plain functions.
+
+A push is encoded to JSON text once, where the stream entry is consumed, and that same text
+travels to every instance and every tab of the user. Between instances it rides in a small
+envelope on the user's PUB/SUB channel: ``"<feed item id> <entry ms> <frame>"`` for a push, so a
+receiver can drop replayed duplicates and measure latency without parsing the frame, or
+``"!evict <connection id>"`` when the per-user connection cap closes a tab elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from chainfeed.domain.feed import feed_frame
+
+__all__ = [
+    "EVICT_PREFIX",
+    "PONG_FRAME",
+    "Evict",
+    "Ping",
+    "Push",
+    "Resume",
+    "encode_frame",
+    "encode_item",
+    "pack_evict",
+    "pack_push",
+    "parse_client_message",
+    "parse_since",
+    "unpack",
+]
+
+#: Control messages on a user channel start with "!" (a frame always starts with "{").
+EVICT_PREFIX = "!evict "
+#: The answer to a client's ``{"type":"ping"}``.
+PONG_FRAME = '{"type":"pong"}'
+_MAX_SINCE = 2**63 - 1  # feed item ids are PostgreSQL bigints
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A frame for a user's tabs: ``item_id`` dedups replays, ``entry_ms`` dates the stream entry."""
+
+    item_id: int
+    entry_ms: int
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """Close ``connection_id`` (wherever it lives) with 4429: its user opened one too many."""
+
+    connection_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """The client's ``{"type":"ping"}``: answer ``{"type":"pong"}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The client's ``{"type":"resume","since":ID}``: replay its items with id > ``since``."""
+
+    since: int
+
+
+def encode_frame(*, item_id: int, user_id: int, created_at: str, type_: str, payload_json: str) -> str:
+    """The frame's JSON text; the payload is embedded as written (validated upstream, not re-encoded)."""
+    frame = feed_frame(
+        item_id=item_id,
+        user_id=user_id,
+        created_at=created_at,
+        payload=msgspec.Raw(payload_json.encode()),
+        type_=type_,
+    )
+    return msgspec.json.encode(frame).decode()
+
+
+def encode_item(item: dict[str, Any]) -> str:
+    """The JSON text of a frame-shaped dict (a replayed feed item from PostgreSQL)."""
+    return msgspec.json.encode(item).decode()
+
+
+def pack_push(item_id: int, entry_ms: int, frame: str) -> str:
+    """The envelope of a push on a user channel."""
+    return f"{item_id} {entry_ms} {frame}"
+
+
+def pack_evict(connection_id: str) -> str:
+    """The control message that closes ``connection_id`` with 4429."""
+    return EVICT_PREFIX + connection_id
+
+
+def unpack(message: str) -> Push | Evict | None:
+    """What a user-channel message says; None for anything this version does not know."""
+    if message.startswith(EVICT_PREFIX):
+        return Evict(message[len(EVICT_PREFIX) :])
+    if message.startswith("!"):
+        return None
+    parts = message.split(" ", 2)
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return Push(int(parts[0]), int(parts[1]), parts[2])
+
+
+def parse_since(raw: object) -> int | None:
+    """A resume cursor (a feed item id, 0 for everything), or None when it is not one."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        raw = int(raw)
+    if isinstance(raw, int) and 0 <= raw <= _MAX_SINCE:
+        return raw
+    return None
+
+
+def parse_client_message(text: str) -> Ping | Resume | None:
+    """A frame from the client; None for anything else (clients and servers ignore unknown types)."""
+    try:
+        message = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    kind = message.get("type")
+    if kind == "ping":
+        return Ping()
+    if kind == "resume":
+        since = parse_since(message.get("since"))
+        return None if since is None else Resume(since)
+    return None
