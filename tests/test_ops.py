@@ -17,7 +17,7 @@ async def test_healthz_and_readyz(app: RunningApp) -> None:
     assert (await app.http.get("/healthz")).json() == {"status": "ok"}
     ready = await app.http.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert ready.json()["checks"] == {"postgres": "ok", "redis": "ok", "consumer": "ok"}
 
 
 async def test_readyz_names_the_failing_part(app: RunningApp) -> None:

@@ -1,17 +1,313 @@
-"""Stream consumer and WebSocket fan-out (issue: delivery).
+"""Delivery: ``feed:stream`` -> the consumer group -> each user's channel -> the hub -> the tabs.
 
-Placeholder until the delivery work lands; :func:`start` is called by the runtime at start-up.
+Each process is one consumer of the group. Handling an entry means: read it (a malformed one is
+poison), make sure it is a feed item in PostgreSQL (a hand XADD is not yet), encode its frame
+once, and PUBLISH it on the user's channel, so every instance holding a tab of the user pushes
+it. A batch is acknowledged only after its publishes went out. A failed entry stays pending,
+is claimed again after CHAINFEED_CLAIM_IDLE_MS, and after CHAINFEED_MAX_DELIVERIES deliveries
+moves to the dead-letter stream (:mod:`chainfeed.domain.retry` decides).
+
+One maintenance worker per process refreshes the stream gauges, trims the stream (never past an
+unacknowledged entry), beats this instance's heartbeat and removes consumers that left.
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import asyncpg
+import structlog
+from opentelemetry.trace import SpanKind
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from chainfeed.domain.entries import PoisonEntry, entry_millis, parse_entry
+from chainfeed.domain.frames import encode_frame, encode_item, pack_push
+from chainfeed.domain.retry import Verdict, after_failure, dead_letter_fields, exhausted
+from chainfeed.errors import UnavailableError
+from chainfeed.fanout import Presence, publish
+from chainfeed.hub import Hub
+from chainfeed.names import user_channel
+from chainfeed.observability.metrics import (
+    DEAD_LETTERS,
+    REDIS_STREAM_CONSUMER_LAG,
+    REDIS_STREAM_LENGTH,
+    REDIS_STREAM_PENDING,
+    REDIS_STREAM_RETRIES,
+    STAGE_DURATION,
+)
+from chainfeed.observability.tracing import extract_context, tracer
+from chainfeed.storage.delivery import persist_entry
+from chainfeed.storage.feed import feed_since
+from chainfeed.storage.pool import POSTGRES_DOWN
+from chainfeed.stream import ConsumerGroup
+
 if TYPE_CHECKING:
+    from chainfeed.config import Settings
     from chainfeed.runtime import Runtime
 
-__all__ = ["start"]
+__all__ = ["Consumer", "maintain", "replay_page", "start"]
+
+log = structlog.get_logger(__name__)
+
+#: Batch of ``(entry id, fields, deliveries so far including this one)``.
+Batch = Sequence[tuple[str, dict[str, str], int]]
+#: How often the maintenance worker runs; stale consumers are looked for every tenth run.
+MAINTENANCE_SECONDS = 5.0
+#: A consumer idle this long with nothing pending has left the group for good.
+STALE_CONSUMER_MS = 10 * 60 * 1000
+#: Feed items per replay query.
+REPLAY_PAGE = 500
+_CONSUME_STAGE = STAGE_DURATION.labels("consume")
+_FANOUT_STAGE = STAGE_DURATION.labels("fanout")
+_REMEMBERED_ERRORS = 1000
+#: Outages a worker waits out (it logs, pauses and carries on).
+_OUTAGES: tuple[type[BaseException], ...] = (RedisError, asyncpg.PostgresError, *POSTGRES_DOWN)
+
+
+class Consumer:
+    """This process's consumer: reads new entries, claims idle ones, hands each batch off."""
+
+    def __init__(self, group: ConsumerGroup, *, pool: asyncpg.Pool, redis: Redis, settings: Settings) -> None:
+        self.group = group
+        self._pool = pool
+        self._redis = redis
+        self._settings = settings
+        self._last_poll = time.monotonic()
+        # The last error of entries left for retry, so a dead letter written by this process
+        # after an attempt that did not fail itself (all deliveries spent) still says why.
+        self._errors: OrderedDict[str, str] = OrderedDict()
+
+    async def run(self) -> None:
+        """Worker: create the group, then XREADGROUP -> handle -> XACK, for ever."""
+        settings = self._settings
+        await self._retrying(self._initialize)
+        while True:
+            try:
+                entries = await self.group.read(
+                    count=settings.stream_batch, block_ms=settings.stream_block_ms
+                )
+                self._last_poll = time.monotonic()
+                if entries:
+                    await self.handle([(entry_id, fields, 1) for entry_id, fields in entries])
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    await self._pause("stream read failed", exc)
+                    continue
+                log.warning("consumer group vanished; creating it again", group=self.group.group)
+                await self._retrying(self._initialize)
+            except _OUTAGES as exc:
+                await self._pause("stream read failed", exc)
+            except Exception:
+                log.exception("stream consumer failed; carrying on")
+                await asyncio.sleep(1.0)
+
+    async def run_claims(self) -> None:
+        """Worker: take over entries idle past the claim time (their consumer failed or died)."""
+        settings = self._settings
+        interval = min(max(settings.claim_idle_ms / 2000, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                after: str | None = None
+                while after != "":
+                    claimed, after = await self.group.claim(
+                        min_idle_ms=settings.claim_idle_ms, count=settings.stream_batch, after=after
+                    )
+                    if claimed:
+                        REDIS_STREAM_RETRIES.inc(len(claimed))
+                        await self.handle([(c.entry_id, c.fields, c.deliveries) for c in claimed])
+            except _OUTAGES as exc:
+                await self._pause("stream claim failed", exc)
+            except Exception:
+                log.exception("stream claimer failed; carrying on")
+                await asyncio.sleep(1.0)
+
+    async def handle(self, batch: Batch) -> None:
+        """Persist where needed, publish, then acknowledge; failed entries stay pending or dead-letter."""
+        started = time.perf_counter()
+        acks: list[str] = []
+        messages: list[tuple[str, str]] = []
+        letters: list[tuple[str, dict[str, str]]] = []
+        max_deliveries = self._settings.max_deliveries
+        for entry_id, fields, deliveries in batch:
+            if exhausted(deliveries, max_deliveries):
+                error = self._errors.pop(entry_id, "attempts used up without an outcome")
+                letters.append(
+                    (
+                        entry_id,
+                        dead_letter_fields(fields, original_id=entry_id, deliveries=deliveries, error=error),
+                    )
+                )
+                continue
+            try:
+                messages.append(await self._prepare(entry_id, fields))
+            except Exception as exc:  # any failure is this entry's, retried or dead-lettered
+                error = str(exc) if isinstance(exc, PoisonEntry) else f"{type(exc).__name__}: {exc}"
+                verdict = after_failure(deliveries, max_deliveries)
+                log.warning(
+                    "stream entry failed",
+                    entry_id=entry_id,
+                    deliveries=deliveries,
+                    error=error,
+                    verdict=verdict.value,
+                )
+                if verdict is Verdict.DEAD_LETTER:
+                    letters.append(
+                        (
+                            entry_id,
+                            dead_letter_fields(
+                                fields, original_id=entry_id, deliveries=deliveries, error=error
+                            ),
+                        )
+                    )
+                else:
+                    self._remember(entry_id, error)
+                continue
+            acks.append(entry_id)
+        _CONSUME_STAGE.observe(time.perf_counter() - started)
+        if messages:
+            started = time.perf_counter()
+            await publish(self._redis, messages)
+            _FANOUT_STAGE.observe(time.perf_counter() - started)
+        await self.group.ack(acks)
+        if letters:
+            await self.group.dead_letter(self._settings.dead_letter_stream, letters)
+            DEAD_LETTERS.inc(len(letters))
+            for entry_id, fields in letters:
+                self._errors.pop(entry_id, None)
+                log.error(
+                    "stream entry dead-lettered",
+                    entry_id=entry_id,
+                    deliveries=fields["deliveries"],
+                    error=fields["error"],
+                )
+
+    async def check(self) -> None:
+        """Readiness: the consumer polled the stream recently."""
+        allowed = 3 * self._settings.stream_block_ms / 1000 + 5
+        if time.monotonic() - self._last_poll > allowed:
+            raise UnavailableError("consumer", "has not polled the stream recently")
+
+    async def _prepare(self, entry_id: str, fields: dict[str, str]) -> tuple[str, str]:
+        """The ``(channel, envelope)`` that delivers the entry; raises when it cannot be delivered."""
+        with tracer.start_as_current_span(
+            f"deliver {self.group.stream}",
+            context=extract_context(fields),
+            kind=SpanKind.CONSUMER,
+            attributes={"messaging.system": "redis", "messaging.message.id": entry_id},
+        ):
+            item = parse_entry(entry_id, fields)
+            entry_ms = entry_millis(entry_id)
+            if item.feed_item_id is not None:
+                item_id = item.feed_item_id
+                created_at = item.created_at or datetime.fromtimestamp(entry_ms / 1000, UTC).isoformat()
+            else:
+                stored = await persist_entry(
+                    self._pool,
+                    entry_id=entry_id,
+                    user_id=item.user_id,
+                    type_=item.type,
+                    payload_json=item.payload_json,
+                )
+                if stored is None:
+                    raise PoisonEntry(f"user {item.user_id} does not exist")
+                item_id, created_at = stored[0], stored[1].isoformat()
+            frame = encode_frame(
+                item_id=item_id,
+                user_id=item.user_id,
+                created_at=created_at,
+                type_=item.type,
+                payload_json=item.payload_json,
+            )
+            return user_channel(item.user_id), pack_push(item_id, entry_ms, frame)
+
+    async def _initialize(self) -> None:
+        created = await self.group.ensure()
+        log.info(
+            "consumer group initialized",
+            stream=self.group.stream,
+            group=self.group.group,
+            consumer=self.group.consumer,
+            created=created,
+        )
+
+    async def _retrying(self, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await step()
+            except _OUTAGES as exc:
+                await self._pause("stream set-up failed", exc)
+            else:
+                return
+
+    async def _pause(self, event: str, exc: BaseException) -> None:
+        log.warning(event, error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(1.0)
+
+    def _remember(self, entry_id: str, error: str) -> None:
+        self._errors[entry_id] = error
+        self._errors.move_to_end(entry_id)
+        while len(self._errors) > _REMEMBERED_ERRORS:
+            self._errors.popitem(last=False)
+
+
+async def maintain(group: ConsumerGroup, presence: Presence, *, settings: Settings) -> None:
+    """Worker: heartbeat, stream gauges and trimming every few seconds; stale consumers now and then."""
+    runs = 0
+    while True:
+        try:
+            await presence.heartbeat()
+            stats = await group.stats()
+            REDIS_STREAM_LENGTH.labels(group.stream).set(stats.length)
+            REDIS_STREAM_PENDING.labels(group.group).set(stats.pending)
+            REDIS_STREAM_CONSUMER_LAG.set(stats.lag_seconds)
+            trimmed = await group.trim(settings.stream_maxlen)
+            if trimmed:
+                log.debug("stream trimmed", stream=group.stream, removed=trimmed)
+            if runs % 10 == 0:
+                removed = await group.remove_stale_consumers(min_idle_ms=STALE_CONSUMER_MS)
+                if removed:
+                    log.info("stale consumers removed", group=group.group, consumers=removed)
+        except _OUTAGES as exc:
+            log.warning("stream maintenance failed", error=f"{type(exc).__name__}: {exc}")
+        except Exception:
+            log.exception("stream maintenance failed")
+        runs += 1
+        await asyncio.sleep(MAINTENANCE_SECONDS)
+
+
+async def replay_page(pool: asyncpg.Pool, user_id: int, after: int) -> list[tuple[int, str]]:
+    """The user's next feed items after ``after``, oldest first, encoded as frames (for resume)."""
+    items = await feed_since(pool, user_id, after, limit=REPLAY_PAGE)
+    return [(item["id"], encode_item(item)) for item in items]
 
 
 async def start(runtime: Runtime) -> None:
-    """Start the consumer and the hub on ``runtime``; nothing yet."""
+    """Start the hub, the consumer, the claimer and maintenance on ``runtime``; register readiness."""
+    settings = runtime.settings
+    group = ConsumerGroup(
+        runtime.redis, stream=settings.stream, group=settings.consumer_group, consumer=settings.consumer_name
+    )
+    presence = Presence(
+        runtime.redis,
+        instance_id=f"{settings.consumer_name}-{secrets.token_hex(3)}",
+        max_per_user=settings.ws_max_per_user,
+        ttl_ms=(settings.jwt_ttl_seconds + 3600) * 1000,
+    )
+    hub = Hub(
+        runtime.redis, presence=presence, max_total=settings.ws_max_total, send_queue=settings.ws_send_queue
+    )
+    runtime.hub = hub
+    consumer = Consumer(group, pool=runtime.pool, redis=runtime.redis, settings=settings)
+    runtime.start_worker("hub-subscriber", hub.run())
+    runtime.start_worker("stream-consumer", consumer.run())
+    runtime.start_worker("stream-claimer", consumer.run_claims())
+    runtime.start_worker("stream-maintenance", maintain(group, presence, settings=settings))
+    runtime.checks["consumer"] = consumer.check

@@ -1,12 +1,190 @@
-"""WebSocket hub: connections per user, bounded send queues, fan-out across instances (issue: delivery).
+"""The WebSocket hub: this process's connections per user, their bounded send queues, and fan-out.
 
-Placeholder until the delivery work lands.
+Pushes reach the hub from the user's PUB/SUB channel (:mod:`chainfeed.fanout`), already encoded:
+:meth:`Hub.dispatch` puts that one text on the queue of every local tab of the user, without
+ever waiting. A queue that is full means its client does not read: that connection is closed
+with 4408 and nobody else notices. Each queue is drained by its connection's own writer
+(:mod:`chainfeed.session`).
+
+Limits: ``ws_max_total`` per process (a new connection over it is refused with 1013) and
+``ws_max_per_user`` across all instances (the oldest connection of the user is closed with 4429,
+by whichever instance holds it).
 """
 
 from __future__ import annotations
 
-__all__ = ["Hub"]
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from redis.asyncio import Redis
+
+from chainfeed.domain.frames import Evict, Push, unpack
+from chainfeed.fanout import Presence, Subscriber
+from chainfeed.names import HUB_CHANNEL, USER_CHANNEL_PREFIX, user_channel
+from chainfeed.observability.metrics import (
+    WEBSOCKET_ACTIVE_CONNECTIONS,
+    WEBSOCKET_CONNECTION_DURATION,
+    WEBSOCKET_ERRORS,
+)
+
+__all__ = ["Connection", "Hub", "Outgoing"]
+
+log = structlog.get_logger(__name__)
+
+#: ``(feed item id or None, stream entry ms or 0, monotonic arrival or 0.0, frame text)``.
+Outgoing = tuple[int | None, int, float, str]
+#: How long a new connection waits for Redis to confirm its user's subscription.
+SUBSCRIBE_TIMEOUT = 5.0
+
+
+@dataclass(eq=False)
+class Connection:
+    """One open WebSocket of ``user_id`` on this instance."""
+
+    id: str
+    user_id: int
+    queue: asyncio.Queue[Outgoing]
+    opened_at: float = field(default_factory=time.monotonic)
+    #: Set once: why the server closes this connection (code, reason).
+    close_request: tuple[int, str] | None = None
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The token-expiry timer; set once the connection is fully open (registered and counted).
+    expiry: asyncio.TimerHandle | None = None
+
+    def offer(self, item: Outgoing) -> None:
+        """Queue a frame without waiting; a full queue closes the connection as a slow consumer."""
+        if self.close_request is not None:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            WEBSOCKET_ERRORS.labels("slow_consumer").inc()
+            self.request_close(4408, "slow consumer")
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Ask the connection's session to close with ``code``; the first request wins."""
+        if self.close_request is None:
+            self.close_request = (code, reason)
+            self.closing.set()
+
+
+@dataclass(eq=False)
+class _User:
+    """This instance's connections of one user and the subscription that feeds them."""
+
+    ready: asyncio.Future[None]
+    connections: dict[str, Connection] = field(default_factory=dict)
 
 
 class Hub:
-    """Open connections of this process; placeholder."""
+    """Open connections of this process, by user, fed from the users' PUB/SUB channels."""
+
+    def __init__(self, redis: Redis, *, presence: Presence, max_total: int, send_queue: int) -> None:
+        self.presence = presence
+        self.subscriber = Subscriber(redis, home_channel=HUB_CHANNEL, on_message=self.dispatch)
+        self._max_total = max_total
+        self._send_queue = send_queue
+        self._users: dict[int, _User] = {}
+        self._connections: dict[str, Connection] = {}
+        self._reserved = 0
+        self._ids = itertools.count(1)
+
+    async def run(self) -> None:
+        """Worker: the PUB/SUB connection; on shutdown this instance leaves the registry."""
+        try:
+            await self.subscriber.run()
+        finally:
+            try:
+                async with asyncio.timeout(2):
+                    await self.presence.leave()
+            except Exception as exc:  # best effort: its heartbeat ages out anyway
+                log.debug("instance deregistration failed", error=str(exc))
+
+    @property
+    def total(self) -> int:
+        """Connections open or being opened on this process."""
+        return self._reserved
+
+    def reserve(self) -> bool:
+        """Claim a slot under ``ws_max_total`` before accepting; False when the process is full."""
+        if self._reserved >= self._max_total:
+            return False
+        self._reserved += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a slot whose connection never opened."""
+        self._reserved -= 1
+
+    async def open(self, user_id: int, *, expires_at: float) -> tuple[Connection, int]:
+        """Register a connection (on a reserved slot) once its user's channel is subscribed.
+
+        Returns it and the user's connection count across instances. Pushes published from now
+        on reach its queue; its token's expiry closes it with 4401. On failure the slot is
+        released and the error raised.
+        """
+        conn = Connection(
+            id=f"{self.presence.instance_id}|{next(self._ids)}",
+            user_id=user_id,
+            queue=asyncio.Queue(self._send_queue),
+        )
+        user = self._users.get(user_id)
+        if user is None:
+            user = _User(ready=self.subscriber.subscribe(user_channel(user_id)))
+            self._users[user_id] = user
+        user.connections[conn.id] = conn
+        self._connections[conn.id] = conn
+        try:
+            await asyncio.wait_for(asyncio.shield(user.ready), SUBSCRIBE_TIMEOUT)
+            count, _ = await self.presence.register(user_id, conn.id, user_channel(user_id))
+        except BaseException:
+            await self.close(conn)
+            raise
+        loop = asyncio.get_running_loop()
+        conn.expiry = loop.call_later(
+            max(0.0, expires_at - time.time()), conn.request_close, 4401, "token expired"
+        )
+        WEBSOCKET_ACTIVE_CONNECTIONS.inc()
+        return conn, count
+
+    async def close(self, conn: Connection) -> None:
+        """Forget a connection: local maps, the subscription if it was the user's last, the registry."""
+        if self._connections.pop(conn.id, None) is None:
+            return
+        self._reserved -= 1
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            WEBSOCKET_ACTIVE_CONNECTIONS.dec()
+            WEBSOCKET_CONNECTION_DURATION.observe(time.monotonic() - conn.opened_at)
+        user = self._users.get(conn.user_id)
+        if user is not None:
+            user.connections.pop(conn.id, None)
+            if not user.connections:
+                del self._users[conn.user_id]
+                self.subscriber.unsubscribe(user_channel(conn.user_id))
+        try:
+            await self.presence.unregister(conn.user_id, conn.id)
+        except Exception as exc:  # the entry ages out with the key; closing must finish
+            log.warning("connection registry update failed", error=str(exc))
+
+    def dispatch(self, channel: str, message: str) -> None:
+        """A user-channel message: queue a push on every local tab, or apply a control message."""
+        if not channel.startswith(USER_CHANNEL_PREFIX):
+            return
+        decoded = unpack(message)
+        if isinstance(decoded, Push):
+            user_id = channel[len(USER_CHANNEL_PREFIX) :]
+            user = self._users.get(int(user_id)) if user_id.isdigit() else None
+            if user is None:
+                return
+            item: Outgoing = (decoded.item_id, decoded.entry_ms, time.monotonic(), decoded.frame)
+            for conn in user.connections.values():
+                conn.offer(item)
+        elif isinstance(decoded, Evict):
+            evicted = self._connections.get(decoded.connection_id)
+            if evicted is not None:
+                WEBSOCKET_ERRORS.labels("limit").inc()
+                evicted.request_close(4429, "too many connections")

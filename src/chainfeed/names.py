@@ -7,6 +7,8 @@ __all__ = [
     "DEFAULT_DEAD_LETTER_STREAM",
     "DEFAULT_STREAM",
     "FEED_ITEM_TYPE",
+    "HUB_CHANNEL",
+    "INSTANCES_KEY",
     "USER_CHANNEL_PREFIX",
     "USER_CONNECTIONS_PREFIX",
     "user_channel",
@@ -25,6 +27,13 @@ USER_CHANNEL_PREFIX = "feed:user:"
 
 #: Sorted set per user of its open connections across instances (score = connect time).
 USER_CONNECTIONS_PREFIX = "feed:conns:"
+
+#: Sorted set of live app instances (score = last heartbeat): connections of a vanished instance
+#: stop counting against their user's cap.
+INSTANCES_KEY = "feed:instances"
+
+#: PUB/SUB channel every instance subscribes to for as long as it runs (hub-wide control).
+HUB_CHANNEL = "feed:hub"
 
 
 def user_channel(user_id: int) -> str:

@@ -11,6 +11,7 @@ from chainfeed import config
 from chainfeed.config import Settings
 from chainfeed.observability.logging import configure_logging
 from chainfeed.web import create_app
+from chainfeed.wsprotocol import WebSocketProtocol
 
 __all__ = ["app_from_env", "uvicorn_config"]
 
@@ -30,11 +31,11 @@ def uvicorn_config(
         factory=isinstance(app, str),
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,  # websockets-sansio, closing with 1001 on shutdown
         ws_max_size=WS_MAX_INBOUND_BYTES,
         ws_per_message_deflate=True,
-        ws_ping_interval=None,  # the hub runs the SPEC heartbeat itself
-        ws_ping_timeout=None,
+        ws_ping_interval=settings.ws_ping_interval,  # the SPEC heartbeat: protocol-level ping/pong
+        ws_ping_timeout=settings.ws_pong_timeout,
         log_config=None,  # keep structlog's handlers (configure_logging)
         access_log=False,  # HTTP metrics and spans cover requests; access lines would log query strings
         proxy_headers=True,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> Litestar:
         prefix="http",
         group_path=True,  # label by route template, never by the concrete path (no ids, no tokens)
         exclude=["/metrics"],
+        scopes={ScopeType.HTTP},  # WebSockets have their own metrics; an open socket is no request
     )
     return Litestar(
         route_handlers=[

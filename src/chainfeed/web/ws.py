@@ -1,9 +1,164 @@
-"""``GET /ws`` (issue: delivery). Placeholder: no routes yet."""
+"""``GET /ws?token=JWT[&since=ID]``: the live feed of one browser tab.
+
+Every refusal happens after the handshake, with a close code and a reason the client can act on
+(browsers see nothing of a refused handshake): 4403 ``origin not allowed`` (only when
+CHAINFEED_WS_ALLOWED_ORIGINS is set and the browser's Origin is not in it), 4401 ``missing token``
+/ ``invalid token`` / ``token expired``, 4400 ``invalid since``, 1013 when this process is full
+or cannot reach Redis/PostgreSQL. The token is read here and never logged.
+"""
 
 from __future__ import annotations
 
+import functools
+import time
+from typing import Any
+
+import structlog
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
 from litestar.types import ControllerRouterHandler
+
+from chainfeed.delivery import replay_page
+from chainfeed.domain.frames import parse_since
+from chainfeed.domain.tokens import decode_token
+from chainfeed.errors import AuthError
+from chainfeed.hub import Hub
+from chainfeed.observability.metrics import WEBSOCKET_ERRORS
+from chainfeed.runtime import Runtime
+from chainfeed.session import ClientGone, Session
+from chainfeed.storage.users import get_user
+from chainfeed.web.deps import RuntimeDep
 
 __all__ = ["ROUTES"]
 
-ROUTES: list[ControllerRouterHandler] = []
+log = structlog.get_logger(__name__)
+
+
+class _Socket:
+    """Litestar's WebSocket as a :class:`chainfeed.session.Socket`."""
+
+    def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
+        self._socket = socket
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._socket.send_data(text, mode="text")
+        except WebSocketDisconnect as exc:
+            raise ClientGone(exc.code) from None
+        except (OSError, RuntimeError):
+            # uvicorn: the transport is gone (ClientDisconnected), or its close is already sent.
+            raise ClientGone(1006) from None
+
+    async def receive_text(self) -> str | None:
+        try:
+            event = await self._socket.receive()
+        except WebSocketDisconnect as exc:
+            raise ClientGone(exc.code) from None
+        if event["type"] == "websocket.disconnect":
+            raise ClientGone(int(event.get("code", 1005)))
+        text = event.get("text")
+        return text if isinstance(text, str) else None
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self._socket.close(code, reason)
+        except WebSocketDisconnect as exc:
+            raise ClientGone(exc.code) from None
+        except (OSError, RuntimeError):
+            raise ClientGone(1006) from None
+
+
+async def _refuse(socket: WebSocket[Any, Any, Any], code: int, reason: str, *, error: str | None) -> None:
+    """Accept, then close with ``code``: the client learns why (a refused handshake says nothing)."""
+    if error is not None:
+        WEBSOCKET_ERRORS.labels(error).inc()
+    try:
+        await socket.accept()
+        await socket.close(code, reason)
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        pass  # the client is gone already
+
+
+async def _authenticate(runtime: Runtime, token: str | None) -> tuple[int, float]:
+    """``(user id, token expiry)``; AuthError with the reason for the client otherwise."""
+    claims = decode_token(token, secret=runtime.settings.jwt_secret)
+    if await get_user(runtime.pool, claims.user_id) is None:
+        raise AuthError("invalid token")
+    return claims.user_id, float(claims.expires_at)
+
+
+@websocket("/ws")
+async def feed_socket(socket: WebSocket[Any, Any, Any], runtime: RuntimeDep) -> None:
+    """Authenticate, register with the hub, replay what was missed, then push live until closed."""
+    settings = runtime.settings
+    hub: Hub | None = runtime.hub
+    allowed, origin = settings.ws_allowed_origins, socket.headers.get("origin")
+    # Browsers always send Origin; a client without one is not a browser page and could claim any.
+    if allowed is not None and origin is not None and origin not in allowed:
+        await _refuse(socket, 4403, "origin not allowed", error="origin")
+        return
+    query = socket.query_params
+    try:
+        user_id, expires_at = await _authenticate(runtime, query.get("token"))
+    except AuthError as exc:
+        await _refuse(socket, 4401, exc.reason, error="auth")
+        return
+    except Exception as exc:  # PostgreSQL is down: the client should come back later
+        log.warning("websocket authentication unavailable", error=type(exc).__name__)
+        await _refuse(socket, 1013, "try again later", error=None)
+        return
+    raw_since = query.get("since")
+    since = None if raw_since is None else parse_since(raw_since)
+    if raw_since is not None and since is None:
+        await _refuse(socket, 4400, "invalid since", error="protocol")
+        return
+    if hub is None or not hub.reserve():
+        await _refuse(socket, 1013, "server at capacity", error="limit")
+        return
+    await _serve(socket, runtime, hub, user_id=user_id, expires_at=expires_at, since=since)
+
+
+async def _serve(
+    socket: WebSocket[Any, Any, Any],
+    runtime: Runtime,
+    hub: Hub,
+    *,
+    user_id: int,
+    expires_at: float,
+    since: int | None,
+) -> None:
+    """Run an admitted connection (its slot is reserved) until it closes."""
+    try:
+        await socket.accept()
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        hub.release()
+        return
+    try:
+        conn, user_connections = await hub.open(user_id, expires_at=expires_at)
+    except Exception as exc:  # Redis is down: the client should come back later
+        log.warning("websocket registration failed", user_id=user_id, error=type(exc).__name__)
+        await _refuse(socket, 1013, "try again later", error=None)
+        return
+    log.info(
+        "websocket client connected",
+        user_id=user_id,
+        user_connections=user_connections,
+        total_connections=hub.total,
+        resume=since is not None,
+    )
+    started = time.monotonic()
+    code = 1006
+    try:
+        code = await Session(conn, _Socket(socket), functools.partial(replay_page, runtime.pool)).run(since)
+    finally:
+        await hub.close(conn)
+        log.info(
+            "websocket client disconnected",
+            user_id=user_id,
+            code=code,
+            duration_seconds=round(time.monotonic() - started, 3),
+            total_connections=hub.total,
+        )
+
+
+ROUTES: list[ControllerRouterHandler] = [feed_socket]

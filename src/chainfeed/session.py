@@ -1,0 +1,174 @@
+"""One WebSocket connection's life: replay what the client missed, then live pushes, without a gap.
+
+The hub has already subscribed the user's channel and registered the connection, so every live
+push from then on sits in the connection's queue. A replay (``since`` in the query, or a
+``{"type":"resume"}`` frame) runs while the writer is stopped: it sends the user's feed items
+with id > since from PostgreSQL, oldest first, and remembers their ids; the writer then starts
+on the queued live frames and skips those the replay already sent, until the first live frame
+newer than the replay shows the overlap is over. A frame pushed live before a resume frame may
+still arrive twice: delivery is at least once, and ``id`` lets the client drop repeats.
+
+One writer task per connection drains the queue, so the socket has one sender at a time (the
+replay runs only while the writer is stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import structlog
+
+from chainfeed.domain.frames import PONG_FRAME, Ping, Resume, parse_client_message
+from chainfeed.hub import Connection
+from chainfeed.observability.metrics import (
+    DELIVERY_LATENCY,
+    STAGE_DURATION,
+    WEBSOCKET_ERRORS,
+    WEBSOCKET_MESSAGES_SENT,
+)
+
+__all__ = ["PROTOCOL_CLOSE_CODES", "ClientGone", "ReplayPage", "Session", "Socket"]
+
+log = structlog.get_logger(__name__)
+
+#: ``(user id, after id) -> [(feed item id, frame text)]``: the next page, oldest first; empty at the end.
+ReplayPage = Callable[[int, int], Awaitable[Sequence[tuple[int, str]]]]
+#: Close codes that mean the client broke the protocol (or stopped answering pings).
+PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009, 1011})
+#: How long a server-side close may wait for the client to drain what is already buffered.
+CLOSE_TIMEOUT = 10.0
+_PUSH_STAGE = STAGE_DURATION.labels("push")
+
+
+class ClientGone(Exception):  # an event, not a fault of ours
+    """The client closed or dropped the connection; ``code`` is the close code seen."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"client gone ({code})")
+        self.code = code
+
+
+class Socket(Protocol):
+    """What a session needs of a WebSocket (the web layer adapts its framework's socket)."""
+
+    async def send_text(self, text: str) -> None:
+        """Send one text frame; raise ClientGone when the connection is closed."""
+
+    async def receive_text(self) -> str | None:
+        """The next text frame (None for a binary one); raise ClientGone when the client left."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send a close frame."""
+
+
+class Session:
+    """Runs one connection until the client leaves or the server closes it."""
+
+    def __init__(self, conn: Connection, socket: Socket, replay: ReplayPage) -> None:
+        self.conn = conn
+        self.socket = socket
+        self._replay_page = replay
+        self._writer: asyncio.Task[None] | None = None
+        #: Ids the last replay sent, skipped when they also arrive live (None: nothing to skip).
+        self._skip: set[int] | None = None
+        self._skip_max = 0
+
+    async def run(self, since: int | None) -> int:
+        """Serve the connection; returns the close code (the client's or the one the server sent)."""
+        try:
+            if since is not None:
+                await self._replay(since)
+            self._start_writer()
+            code = await self._until_closed()
+        except ClientGone as gone:
+            code = gone.code
+        except Exception:
+            log.exception("websocket session failed", user_id=self.conn.user_id)
+            self.conn.request_close(1011, "internal error")
+            code = 1011
+        finally:
+            await self._stop_writer()
+        if code in PROTOCOL_CLOSE_CODES and self.conn.close_request is None:
+            WEBSOCKET_ERRORS.labels("protocol").inc()
+        if self.conn.close_request is not None:
+            code, reason = self.conn.close_request
+            with contextlib.suppress(ClientGone, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self.socket.close(code, reason)
+        return code
+
+    async def _until_closed(self) -> int:
+        """Read client frames until the client leaves (raises ClientGone) or a close is requested."""
+        reader = asyncio.create_task(self._read_loop())
+        closing = asyncio.create_task(self.conn.closing.wait())
+        try:
+            await asyncio.wait({reader, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            closing.cancel()
+            await asyncio.gather(reader, closing, return_exceptions=True)
+        if reader.done() and not reader.cancelled() and (error := reader.exception()) is not None:
+            raise error
+        assert self.conn.close_request is not None
+        return self.conn.close_request[0]
+
+    async def _read_loop(self) -> None:
+        while True:
+            text = await self.socket.receive_text()
+            if text is None:
+                continue
+            message = parse_client_message(text)
+            if isinstance(message, Ping):
+                self.conn.offer((None, 0, 0.0, PONG_FRAME))
+            elif isinstance(message, Resume):
+                await self._stop_writer()
+                await self._replay(message.since)
+                self._start_writer()
+
+    async def _replay(self, since: int) -> None:
+        """Send the user's items with id > ``since`` (the writer is stopped meanwhile)."""
+        replayed: set[int] = set()
+        after = since
+        while page := await self._replay_page(self.conn.user_id, after):
+            for item_id, frame in page:
+                await self.socket.send_text(frame)
+                replayed.add(item_id)
+            WEBSOCKET_MESSAGES_SENT.inc(len(page))
+            after = page[-1][0]
+        self._skip = replayed or None
+        self._skip_max = after
+
+    def _start_writer(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.conn.id}")
+
+    async def _stop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write_loop(self) -> None:
+        queue = self.conn.queue
+        send = self.socket.send_text
+        try:
+            while True:
+                item_id, entry_ms, arrived, text = await queue.get()
+                if self._skip is not None and item_id is not None:
+                    if item_id > self._skip_max:
+                        self._skip = None
+                    elif item_id in self._skip:
+                        continue
+                await send(text)
+                WEBSOCKET_MESSAGES_SENT.inc()
+                if entry_ms:
+                    DELIVERY_LATENCY.observe(max(0.0, time.time() - entry_ms / 1000))
+                    _PUSH_STAGE.observe(time.monotonic() - arrived)
+        except ClientGone:
+            return
+        except Exception:
+            log.exception("websocket writer failed", user_id=self.conn.user_id)
+            self.conn.request_close(1011, "internal error")

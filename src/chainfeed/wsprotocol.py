@@ -1,0 +1,44 @@
+"""uvicorn's sans-I/O WebSocket protocol, closing with the codes ../shared/SPEC.md promises.
+
+ASGI cannot express two things the SPEC needs, so they live at the protocol level:
+
+- Server shutdown closes open connections with **1001** (going away) and waits for the client's
+  close frame; uvicorn's own protocol sends 1012 and drops the connection at once.
+- The heartbeat is protocol-level ping/pong (uvicorn's keepalive, every
+  CHAINFEED_WS_PING_INTERVAL s; no pong within CHAINFEED_WS_PONG_TIMEOUT s closes with 1011).
+  Browsers answer pings by themselves, so no client code is needed. When a client misses its
+  pong, the app is told (a disconnect with 1011) so the hub counts it as a protocol error.
+"""
+
+from __future__ import annotations
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+__all__ = ["WebSocketProtocol"]
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """``websockets-sansio`` with a 1001 shutdown and a keepalive timeout the app hears about."""
+
+    def shutdown(self) -> None:
+        """Close an open WebSocket with 1001; anything else as uvicorn does."""
+        if not self.handshake_complete or self.close_sent or self.transport.is_closing():
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": 1001, "reason": "server shutting down"}
+        )
+        self.conn.send_close(1001, "server shutting down")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        # The client's close frame ends it (handle_close); a silent client is cut off after the timeout.
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+
+    def keepalive_timeout(self) -> None:
+        """No pong in time: tell the app (1011) before uvicorn fails the connection."""
+        if not self.close_sent and not self.transport.is_closing():
+            self.queue.put_nowait(
+                {"type": "websocket.disconnect", "code": 1011, "reason": "keepalive ping timeout"}
+            )
+        super().keepalive_timeout()

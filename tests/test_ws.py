@@ -1,0 +1,265 @@
+"""``/ws`` on one instance: auth, expiry, resume, ping/pong, frame limits, origin, heartbeat, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from chainfeed.domain.tokens import issue_token
+from chainfeed.hub import Hub
+from tests.conftest import JWT_SECRET, AppFactory, RunningApp, app_runtime
+from tests.delivery_support import (
+    client,
+    closed_with,
+    eventually,
+    ready,
+    recv_frames,
+    recv_json,
+    xadd_hand,
+)
+
+
+def ws_errors(kind: str) -> float:
+    return REGISTRY.get_sample_value("websocket_errors_total", {"type": kind}) or 0.0
+
+
+async def stored_items(db: asyncpg.Connection, user_id: int) -> list[int]:
+    return [
+        row["id"]
+        for row in await db.fetch("SELECT id FROM feed_items WHERE user_id = $1 ORDER BY id", user_id)
+    ]
+
+
+async def test_manual_xadd_reaches_user_1(app: RunningApp, redis: Redis, db: asyncpg.Connection) -> None:
+    """SPEC: ``XADD feed:stream '*' user_id 1 type test payload '{"test":"data"}'`` reaches user 1's tab."""
+    body = await app.register()
+    assert body["user"]["id"] == 1
+    async with client(app, body["access_token"]) as ws:
+        await ready(ws)
+        await xadd_hand(redis, 1)
+        frame = await recv_json(ws)
+    [item_id] = await stored_items(db, 1)
+    assert frame == {
+        "type": "test",
+        "id": item_id,
+        "user_id": 1,
+        "created_at": frame["created_at"],
+        "payload": {"test": "data"},
+    }
+    row = await db.fetchrow("SELECT type, payload, source_entry_id, published_at FROM feed_items")
+    assert row is not None
+    assert (row["type"], json.loads(row["payload"])) == ("test", {"test": "data"})
+    assert row["source_entry_id"] is not None
+    assert row["published_at"] is not None  # the outbox relay must not publish it again
+
+
+def _bad_token(kind: str) -> str | None:
+    """Tokens made when the test runs (made at collection time they would expire mid-suite)."""
+    tokens: dict[str, str | None] = {
+        "absent": None,
+        "empty": "",
+        "garbage": "not-a-jwt",
+        "wrong key": issue_token(1, secret="another-secret-" + "y" * 40, ttl_seconds=60),
+        "expired": issue_token(1, secret=JWT_SECRET, ttl_seconds=60, now=1_000_000),
+        "no such user": issue_token(999, secret=JWT_SECRET, ttl_seconds=60),
+    }
+    return tokens[kind]
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("absent", "missing token"),
+        ("empty", "missing token"),
+        ("garbage", "invalid token"),
+        ("wrong key", "invalid token"),
+        ("expired", "token expired"),
+        ("no such user", "invalid token"),
+    ],
+)
+async def test_auth_failures_close_with_4401_and_a_reason(app: RunningApp, kind: str, reason: str) -> None:
+    await app.register()
+    before = ws_errors("auth")
+    async with client(app, _bad_token(kind)) as ws:
+        assert await closed_with(ws) == (4401, reason)
+    assert ws_errors("auth") == before + 1
+
+
+async def test_open_connection_closes_when_its_token_expires(app: RunningApp) -> None:
+    user = (await app.register())["user"]
+    token = issue_token(user["id"], secret=JWT_SECRET, ttl_seconds=2)
+    async with client(app, token) as ws:
+        await ready(ws)
+        assert await closed_with(ws, within=5) == (4401, "token expired")
+
+
+async def test_resume_from_the_query_replays_exactly_the_missed_items(
+    app: RunningApp, redis: Redis, db: asyncpg.Connection
+) -> None:
+    """Items made while the user was away come first, oldest first, then live ones."""
+    body = await app.register()
+    for n in range(5):
+        await xadd_hand(redis, 1, json.dumps({"n": n}))
+    await eventually(lambda: _count(db, 5))
+    ids = await stored_items(db, 1)
+    async with client(app, body["access_token"], since=ids[1]) as ws:
+        replayed = await recv_frames(ws, 3)
+        assert [f["id"] for f in replayed] == ids[2:]
+        assert [f["payload"] for f in replayed] == [{"n": 2}, {"n": 3}, {"n": 4}]
+        await xadd_hand(redis, 1, json.dumps({"n": 5}))
+        [live] = await recv_frames(ws, 1)
+        assert live["payload"] == {"n": 5}
+        assert live["id"] > ids[-1]
+
+
+async def test_resume_by_frame_replays_then_continues_live(
+    app: RunningApp, redis: Redis, db: asyncpg.Connection
+) -> None:
+    body = await app.register()
+    for n in range(3):
+        await xadd_hand(redis, 1, json.dumps({"n": n}))
+    await eventually(lambda: _count(db, 3))
+    ids = await stored_items(db, 1)
+    async with client(app, body["access_token"]) as ws:
+        await ready(ws)
+        await ws.send(json.dumps({"type": "resume", "since": ids[0]}))
+        assert [f["id"] for f in await recv_frames(ws, 2)] == ids[1:]
+        await xadd_hand(redis, 1, json.dumps({"n": 3}))
+        [live] = await recv_frames(ws, 1)
+        assert live["payload"] == {"n": 3}
+
+
+async def test_resume_while_pushes_keep_coming_leaves_no_gap(
+    app: RunningApp, redis: Redis, db: asyncpg.Connection
+) -> None:
+    """Items committed before, during and after the replay all arrive (repeats are allowed)."""
+    body = await app.register()
+    total = 40
+
+    async def produce() -> None:
+        for n in range(total):
+            await xadd_hand(redis, 1, json.dumps({"n": n}))
+            await asyncio.sleep(0.002)
+
+    producer = asyncio.create_task(produce())
+    await eventually(lambda: _count(db, 10))
+    async with client(app, body["access_token"], since=0) as ws:
+        seen: list[int] = []
+        async with asyncio.timeout(10):
+            while len(set(seen)) < total:
+                seen.append((await recv_json(ws))["id"])
+    await producer
+    assert set(seen) == set(await stored_items(db, 1))
+
+
+async def test_invalid_since_is_refused(app: RunningApp) -> None:
+    body = await app.register()
+    async with client(app, body["access_token"], since="yesterday") as ws:
+        assert await closed_with(ws) == (4400, "invalid since")
+
+
+async def test_client_ping_gets_pong_and_unknown_frames_are_ignored(app: RunningApp) -> None:
+    body = await app.register()
+    async with client(app, body["access_token"]) as ws:
+        await ws.send('{"type":"hello"}')
+        await ws.send("not json")
+        await ws.send(b"\x00binary")
+        await ws.send('{"type":"ping"}')
+        assert await recv_json(ws) == {"type": "pong"}
+
+
+async def test_inbound_frame_over_4_kib_closes_with_1009(app: RunningApp) -> None:
+    body = await app.register()
+    before = ws_errors("protocol")
+    async with client(app, body["access_token"]) as ws:
+        await ready(ws)
+        await ws.send(json.dumps({"type": "ping", "pad": "x" * 5000}))
+        code, _ = await closed_with(ws)
+    assert code == 1009
+    await eventually(lambda: ws_errors("protocol") == before + 1)
+
+
+async def test_origin_outside_the_allow_list_is_refused(app_factory: AppFactory) -> None:
+    app = await app_factory(ws_allowed_origins=("https://feed.example",))
+    body = await app.register()
+    before = ws_errors("origin")
+    async with client(app, body["access_token"], origin="https://evil.example") as ws:
+        assert await closed_with(ws) == (4403, "origin not allowed")
+    assert ws_errors("origin") == before + 1
+    async with client(app, body["access_token"], origin="https://feed.example") as ws:
+        await ready(ws)
+
+
+async def test_heartbeat_keeps_a_live_client_and_drops_a_silent_one(app_factory: AppFactory) -> None:
+    """Protocol pings every interval: a client that answers stays; one that does not is closed."""
+    app = await app_factory(ws_ping_interval=0.2, ws_pong_timeout=0.3)
+    body = await app.register()
+    async with client(app, body["access_token"]) as ws:
+        await asyncio.sleep(1.0)  # several ping rounds, answered by the client library
+        await ready(ws)
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws?token={body['access_token']} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(5):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        close_code = await _read_until_close(reader)
+    writer.close()
+    assert close_code == 1011
+
+
+async def test_shutdown_closes_with_1001(app_factory: AppFactory) -> None:
+    app = await app_factory()
+    body = await app.register()
+    async with client(app, body["access_token"]) as ws:
+        await ready(ws)
+        app.server.should_exit = True
+        assert (await closed_with(ws, within=10))[0] == 1001
+
+
+async def test_global_cap_refuses_new_connections_with_1013(app_factory: AppFactory) -> None:
+    app = await app_factory(ws_max_total=2)
+    tokens = [(await app.register())["access_token"] for _ in range(3)]
+    before = ws_errors("limit")
+    async with client(app, tokens[0]) as first, client(app, tokens[1]) as second:
+        await ready(first)
+        await ready(second)
+        async with client(app, tokens[2]) as third:
+            assert (await closed_with(third))[0] == 1013
+        assert ws_errors("limit") == before + 1
+    await eventually(lambda: _hub(app).total == 0)  # slots come back when connections close
+    async with client(app, tokens[2]) as later:
+        await ready(later)
+
+
+async def _read_until_close(reader: asyncio.StreamReader) -> int:
+    """Skip server frames (pings) until a close frame; returns its code (unmasked server frames)."""
+    while True:
+        header = await reader.readexactly(2)
+        opcode, length = header[0] & 0x0F, header[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(await reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await reader.readexactly(8), "big")
+        payload = await reader.readexactly(length)
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big")
+
+
+async def _count(db: asyncpg.Connection, expected: int) -> bool:
+    return int(await db.fetchval("SELECT count(*) FROM feed_items")) >= expected
+
+
+def _hub(app: RunningApp) -> Hub:
+    hub = app_runtime(app).hub
+    assert hub is not None
+    return hub
