@@ -165,9 +165,11 @@ async def test_invalid_since_is_refused(app: RunningApp) -> None:
         assert await closed_with(ws) == (4400, "invalid since")
 
 
-async def test_client_ping_gets_pong_and_unknown_frames_are_ignored(app: RunningApp) -> None:
+async def test_client_ping_gets_pong_unknown_frames_are_ignored_deflate_is_on(app: RunningApp) -> None:
     body = await app.register()
     async with client(app, body["access_token"]) as ws:
+        assert ws.response is not None
+        assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
         await ws.send('{"type":"hello"}')
         await ws.send("not json")
         await ws.send(b"\x00binary")
