@@ -139,12 +139,7 @@ class Consumer:
         for entry_id, fields, deliveries in batch:
             if exhausted(deliveries, max_deliveries):
                 error = self._errors.pop(entry_id, "attempts used up without an outcome")
-                letters.append(
-                    (
-                        entry_id,
-                        dead_letter_fields(fields, original_id=entry_id, deliveries=deliveries, error=error),
-                    )
-                )
+                letters.append(_letter(entry_id, fields, deliveries, error))
                 continue
             try:
                 messages.append(await self._prepare(entry_id, fields))
@@ -159,14 +154,7 @@ class Consumer:
                     verdict=verdict.value,
                 )
                 if verdict is Verdict.DEAD_LETTER:
-                    letters.append(
-                        (
-                            entry_id,
-                            dead_letter_fields(
-                                fields, original_id=entry_id, deliveries=deliveries, error=error
-                            ),
-                        )
-                    )
+                    letters.append(_letter(entry_id, fields, deliveries, error))
                 else:
                     self._remember(entry_id, error)
                 continue
@@ -256,6 +244,10 @@ class Consumer:
         self._errors.move_to_end(entry_id)
         while len(self._errors) > _REMEMBERED_ERRORS:
             self._errors.popitem(last=False)
+
+
+def _letter(entry_id: str, fields: dict[str, str], deliveries: int, error: str) -> tuple[str, dict[str, str]]:
+    return entry_id, dead_letter_fields(fields, original_id=entry_id, deliveries=deliveries, error=error)
 
 
 async def maintain(group: ConsumerGroup, presence: Presence, *, settings: Settings) -> None:
