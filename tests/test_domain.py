@@ -64,13 +64,15 @@ def test_expired_token() -> None:
 @pytest.mark.parametrize(
     "token",
     [
-        issue_token(7, secret="w" * 40, ttl_seconds=60),  # wrong key
+        issue_token(
+            7, secret="w" * 40, ttl_seconds=86400
+        ),  # wrong key (valid for a day: built at collection)
         jwt.encode(
-            {"sub": "7", "iat": int(time.time()), "exp": int(time.time()) + 60}, None, algorithm="none"
+            {"sub": "7", "iat": int(time.time()), "exp": int(time.time()) + 86400}, None, algorithm="none"
         ),
-        jwt.encode({"iat": int(time.time()), "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
+        jwt.encode({"iat": int(time.time()), "exp": int(time.time()) + 86400}, SECRET, algorithm="HS256"),
         jwt.encode(
-            {"sub": "x7", "iat": int(time.time()), "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
+            {"sub": "x7", "iat": int(time.time()), "exp": int(time.time()) + 86400}, SECRET, algorithm="HS256"
         ),
         jwt.encode({"sub": "7", "iat": int(time.time())}, SECRET, algorithm="HS256"),
         "not.a.token",
