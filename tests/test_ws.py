@@ -265,3 +265,28 @@ def _hub(app: RunningApp) -> Hub:
     hub = app_runtime(app).hub
     assert hub is not None
     return hub
+
+
+async def test_resume_includes_a_lower_id_committed_after_the_clients_last_item(
+    app: RunningApp, db: asyncpg.Connection
+) -> None:
+    """Ids are taken at insert but commits land in any order: item 1 committed (and published)
+    after the client saw item 2 must still reach it on resume, with nothing else repeated."""
+    body = await app.register()
+    user_id = body["user"]["id"]
+    ids = []
+    for n, published_ms_later in ((0, 500), (1, 0), (2, 600)):
+        ids.append(
+            await db.fetchval(
+                "INSERT INTO feed_items (user_id, payload, published_at)"
+                " VALUES ($1, $2, now() + $3 * interval '1 ms') RETURNING id",
+                user_id,
+                json.dumps({"n": n}),
+                published_ms_later,
+            )
+        )
+    early, seen, later = ids
+    assert early < seen < later
+    async with client(app, body["access_token"], since=seen) as ws:
+        frames = await recv_frames(ws, 2)
+    assert [f["id"] for f in frames] == [early, later]

@@ -44,7 +44,7 @@ from chainfeed.observability.metrics import (
 )
 from chainfeed.observability.tracing import extract_context, tracer
 from chainfeed.storage.delivery import persist_entry
-from chainfeed.storage.feed import feed_since
+from chainfeed.storage.feed import feed_committed_late, feed_since
 from chainfeed.storage.pool import POSTGRES_DOWN
 from chainfeed.stream import ConsumerGroup
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from chainfeed.config import Settings
     from chainfeed.runtime import Runtime
 
-__all__ = ["Consumer", "maintain", "replay_page", "start"]
+__all__ = ["Consumer", "maintain", "replay_late", "replay_page", "start"]
 
 log = structlog.get_logger(__name__)
 
@@ -278,6 +278,12 @@ async def maintain(group: ConsumerGroup, presence: Presence, *, settings: Settin
 async def replay_page(pool: asyncpg.Pool, user_id: int, after: int) -> list[tuple[int, str]]:
     """The user's next feed items after ``after``, oldest first, encoded as frames (for resume)."""
     items = await feed_since(pool, user_id, after, limit=REPLAY_PAGE)
+    return [(item["id"], encode_item(item)) for item in items]
+
+
+async def replay_late(pool: asyncpg.Pool, user_id: int, since: int) -> list[tuple[int, str]]:
+    """Items with ids below ``since`` that were committed (and published) after it, as frames."""
+    items = await feed_committed_late(pool, user_id, since)
     return [(item["id"], encode_item(item)) for item in items]
 
 

@@ -68,10 +68,13 @@ class Socket(Protocol):
 class Session:
     """Runs one connection until the client leaves or the server closes it."""
 
-    def __init__(self, conn: Connection, socket: Socket, replay: ReplayPage) -> None:
+    def __init__(
+        self, conn: Connection, socket: Socket, replay: ReplayPage, late: ReplayPage | None = None
+    ) -> None:
         self.conn = conn
         self.socket = socket
         self._replay_page = replay
+        self._late = late
         self._writer: asyncio.Task[None] | None = None
         #: Ids the last replay sent, skipped when they also arrive live (None: nothing to skip).
         self._skip: set[int] | None = None
@@ -132,6 +135,12 @@ class Session:
     async def _replay(self, since: int) -> None:
         """Send the user's items with id > ``since`` (the writer is stopped meanwhile)."""
         replayed: set[int] = set()
+        # Lower ids committed after the client's last one first (see storage.feed.feed_committed_late).
+        late = await self._late(self.conn.user_id, since) if self._late is not None else []
+        for item_id, frame in late:
+            await self.socket.send_text(frame)
+            replayed.add(item_id)
+        WEBSOCKET_MESSAGES_SENT.inc(len(late))
         after = since
         while page := await self._replay_page(self.conn.user_id, after):
             for item_id, frame in page:

@@ -8,7 +8,7 @@ import asyncpg
 
 from chainfeed.domain.feed import feed_frame
 
-__all__ = ["feed_page", "feed_since"]
+__all__ = ["feed_committed_late", "feed_page", "feed_since"]
 
 _COLUMNS = "id, user_id, type, payload, created_at"
 
@@ -48,5 +48,25 @@ async def feed_since(
         user_id,
         since,
         limit,
+    )
+    return [_frame(row) for row in rows]
+
+
+async def feed_committed_late(pool: asyncpg.Pool, user_id: int, since: int) -> list[dict[str, Any]]:
+    """Items with id < ``since`` that reached the stream after item ``since`` did, oldest first.
+
+    Ids come from a sequence when a row is inserted, but transactions commit in any order: an
+    item can get id 10, commit after item 11, and be published after a client already saw 11. A
+    client that was away then resumes with ``since=11`` and would never see 10. The outbox
+    publishes in id order among committed rows, so such late items are exactly those published
+    after the ``since`` item; resume sends them too (clients drop repeats by id).
+    """
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM feed_items"  # noqa: S608
+        " WHERE user_id = $1 AND id < $2"
+        "   AND published_at > (SELECT published_at FROM feed_items WHERE id = $2 AND user_id = $1)"
+        " ORDER BY id LIMIT 1000",
+        user_id,
+        since,
     )
     return [_frame(row) for row in rows]

@@ -18,7 +18,7 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.types import ControllerRouterHandler
 
-from chainfeed.delivery import replay_page
+from chainfeed.delivery import replay_late, replay_page
 from chainfeed.domain.frames import parse_since
 from chainfeed.domain.tokens import decode_token
 from chainfeed.errors import AuthError
@@ -149,7 +149,13 @@ async def _serve(
     started = time.monotonic()
     code = 1006
     try:
-        code = await Session(conn, _Socket(socket), functools.partial(replay_page, runtime.pool)).run(since)
+        session = Session(
+            conn,
+            _Socket(socket),
+            functools.partial(replay_page, runtime.pool),
+            functools.partial(replay_late, runtime.pool),
+        )
+        code = await session.run(since)
     finally:
         await hub.close(conn)
         log.info(
