@@ -47,7 +47,7 @@ async def _nothing_written(db: asyncpg.Connection) -> bool:
 
 
 async def _all_published(db: asyncpg.Connection) -> bool:
-    return int(await db.fetchval("SELECT count(*) FROM feed_items WHERE published_at IS NULL")) == 0
+    return int(await db.fetchval("SELECT count(*) FROM feed_outbox")) == 0
 
 
 async def _stream_has(redis: Redis, count: int) -> bool:
@@ -92,7 +92,7 @@ async def test_every_category_reaches_the_watcher_and_the_stream(
         assert json.loads(entry["payload"]) == stored
         assert entry["created_at"] == row["created_at"].isoformat()
         assert entry["traceparent"].startswith("00-")
-    await eventually(lambda: _all_published(db), what="published_at set on every item")
+    await eventually(lambda: _all_published(db), what="the outbox empty")
 
     assert metrics.delta("webhook_requests_total", outcome="accepted") == 1
     for category in ("external", "internal", "token", "erc721", "erc1155"):

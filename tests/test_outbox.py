@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from chainfeed.config import Settings
 from chainfeed.domain.alchemy import parse_webhook
@@ -19,6 +20,7 @@ from chainfeed.outbox import OutboxRelay
 from chainfeed.runtime import redis_client
 from chainfeed.storage import create_pool
 from chainfeed.storage.ingest import store_webhook
+from chainfeed.stream_publish import pack_xadd
 from tests.conftest import AppFactory, app_runtime
 from tests.ingest_support import activity, address, eventually, post_webhook, stream_entries, watch, webhook
 
@@ -54,7 +56,7 @@ async def _commit_without_publishing(pool: asyncpg.Pool, transfers: int) -> int:
 
 
 async def _unpublished(db: asyncpg.Connection) -> int:
-    return int(await db.fetchval("SELECT count(*) FROM feed_items WHERE published_at IS NULL"))
+    return int(await db.fetchval("SELECT count(*) FROM feed_outbox"))
 
 
 async def test_item_committed_before_a_crash_is_published_after_restart(
@@ -102,6 +104,12 @@ async def test_several_relays_publish_each_item_once_in_id_order(
     assert len(ids) == len(set(ids)) == 600
     assert ids == sorted(ids)
     assert await _unpublished(db) == 0
+    # published_at records when each reached the stream: set on all, never decreasing with the id
+    # (the delivery side's resume relies on it), although three relays took turns.
+    stamps = [r["published_at"] for r in await db.fetch("SELECT published_at FROM feed_items ORDER BY id")]
+    assert None not in stamps
+    assert stamps == sorted(stamps)
+    assert len(set(stamps)) >= 12  # one per batch of 50
 
 
 async def test_failed_publish_leaves_items_for_the_next_pass(
@@ -162,3 +170,68 @@ async def test_stream_entry_continues_the_ingest_trace(
     assert (version, trace_id) == ("00", stored.split("-")[1])
     assert span_id != stored.split("-")[2]
     assert set(entry) >= {"user_id", "type", "payload", "feed_item_id", "created_at", "traceparent"}
+
+
+async def test_item_deleted_before_publication_is_dropped_quietly(
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """A user deleted (with their items) before the relay ran: the rest is published, the outbox empties."""
+    gone, kept = await _watchers(db, 2, ME)
+    assert await _commit_without_publishing(pool, 2) == 4
+    await db.execute("DELETE FROM users WHERE id = $1", gone)
+    client = redis_client(settings.redis_url or "")
+    try:
+        assert await OutboxRelay(pool=pool, redis=client, stream=settings.stream).drain() == 4
+    finally:
+        await client.aclose()
+    assert {e["user_id"] for e in await stream_entries(redis)} == {str(kept)}
+    assert len(await stream_entries(redis)) == 2
+    assert await _unpublished(db) == 0
+
+
+async def test_items_that_came_from_the_stream_are_never_sent_back(
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """The delivery side records hand XADDs as feed items; the relay does not publish them again."""
+    (user_id,) = await _watchers(db, 1, ME)
+    await db.execute(
+        "INSERT INTO feed_items (user_id, type, payload, source_entry_id) VALUES ($1, 'test', '{}', '1-1')",
+        user_id,
+    )
+    client = redis_client(settings.redis_url or "")
+    try:
+        assert await OutboxRelay(pool=pool, redis=client, stream=settings.stream).drain() == 0
+    finally:
+        await client.aclose()
+    assert await stream_entries(redis) == []
+
+
+def test_pack_xadd_is_the_redis_protocol() -> None:
+    """Lengths are in bytes, so non-ASCII payloads travel intact."""
+    packed = pack_xadd(b"feed:stream", {"user_id": "1", "payload": '{"asset":"€"}'})
+    assert packed == (
+        b"*7\r\n$4\r\nXADD\r\n$11\r\nfeed:stream\r\n$1\r\n*\r\n$7\r\nuser_id\r\n$1\r\n1\r\n"
+        b'$7\r\npayload\r\n$15\r\n{"asset":"\xe2\x82\xac"}\r\n'
+    )
+
+
+async def test_a_refused_xadd_fails_the_batch_and_the_connection_is_not_reused(
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """Redis answers an error (the key is not a stream): nothing is marked; once fixed, all goes out."""
+    await _watchers(db, 1, ME)
+    await _commit_without_publishing(pool, 3)
+    await redis.set("feed:stream", "not a stream")
+    client = redis_client(settings.redis_url or "")
+    relay = OutboxRelay(pool=pool, redis=client, stream=settings.stream)
+    try:
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await relay.drain()
+        assert await _unpublished(db) == 3
+        await redis.delete("feed:stream")
+        assert await client.ping()  # the pool hands out a clean connection, no stray replies
+        assert await relay.drain() == 3
+    finally:
+        await client.aclose()
+    entries = await stream_entries(redis)
+    assert [json.loads(e["payload"])["asset"] for e in entries] == ["ETH"] * 3

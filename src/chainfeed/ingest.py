@@ -11,7 +11,7 @@ Order of checks, cheapest and least trusting first:
 6. wake the outbox relay, which publishes to the stream after the commit.
 
 A Redis outage that starts between steps 4 and 6 loses nothing: the items are committed with
-``published_at`` NULL and the relay publishes them once Redis is back.
+``feed_outbox`` and the relay publishes them once Redis is back.
 
 Every request counts once in ``webhook_requests_total{outcome}``; the body's size limit (413
 ``too_large``) is enforced by the web layer, which reports it through :func:`reject_too_large`.

@@ -1,12 +1,12 @@
 """Transactional outbox relay: every committed feed item reaches the stream, in id order.
 
-Ingest commits feed items with ``published_at`` NULL (the outbox) in the same transaction as the
+Ingest commits feed items, and their ids in ``feed_outbox``, in the same transaction as the
 transfers, then calls :meth:`OutboxRelay.wake`. The relay, in one PostgreSQL transaction per batch:
 
 1. takes the cluster-wide outbox advisory lock (one publisher at a time keeps id order),
-2. reads up to ``batch_size`` unpublished items in id order,
+2. reads the oldest ``batch_size`` outbox entries and their feed items, in id order,
 3. XADDs them in one pipelined round trip,
-4. marks them published and commits.
+4. deletes those outbox entries, sets the items' ``published_at`` and commits.
 
 It also sweeps every ``sweep_interval`` seconds, so items left behind by a crash, a Redis outage
 or another instance are published once things recover. Delivery to the stream is **at least
@@ -54,7 +54,7 @@ class OutboxRelay:
         pool: asyncpg.Pool,
         redis: Redis,
         stream: str,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         sweep_interval: float = 1.0,
         timeout: float = 5.0,
     ) -> None:
@@ -97,14 +97,22 @@ class OutboxRelay:
         """Publish the oldest unpublished batch; returns its size (0 when there is nothing)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await store.lock_outbox(conn, lock_timeout=self._timeout)
-            items = await store.unpublished(conn, limit=self._batch_size)
-            if not items:
+            items, taken = await store.unpublished(conn, limit=self._batch_size)
+            if not taken:
                 return 0
             started = time.perf_counter()
-            await self._publisher.publish(items)
-            await store.mark_published(conn, [item.id for item in items])
+            # The DELETE and the XADDs go out together (they touch different servers); the COMMIT
+            # waits for both, so a failed XADD still rolls the DELETE back.
+            results = await asyncio.gather(
+                self._publisher.publish(items) if items else _nothing(),
+                store.mark_published(conn, taken),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         STAGE_DURATION.labels(stage="publish").observe(time.perf_counter() - started)
-        return len(items)
+        return len(taken)
 
     async def _pass(self) -> None:
         """One drain, turning outages into one warning (and one recovery line), never an exit."""
@@ -135,6 +143,10 @@ class OutboxRelay:
         self._backlog_at = now
         with contextlib.suppress(*_OUTAGE):
             OUTBOX_BACKLOG.set(await store.backlog(self._pool))
+
+
+async def _nothing() -> None:
+    """Stands in for the XADDs when a batch holds only ids of deleted items."""
 
 
 async def start(runtime: Runtime) -> None:

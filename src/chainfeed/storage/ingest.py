@@ -2,8 +2,8 @@
 
 One round trip and one implicit transaction per webhook, whatever its size: the transfers travel
 as one JSON document expanded by ``jsonb_to_recordset``, and data-modifying CTEs upsert the
-transfers, find the watchers of either side, and insert their feed items (the outbox rows, with
-``published_at`` NULL). Either all of it commits or none of it does.
+transfers, find the watchers of either side, and insert their feed items and the items' ids in
+``feed_outbox`` (what the relay publishes). Either all of it commits or none of it does.
 
 Idempotency lives in the unique keys: ``transactions (network, hash, transfer_key)`` and
 ``feed_items (user_id, transaction_id)``. A repeated transfer creates nothing; feed items are only
@@ -96,6 +96,9 @@ items AS (
     FROM matches ORDER BY ord, user_id
     ON CONFLICT (user_id, transaction_id) DO NOTHING
     RETURNING id
+),
+outboxed AS (
+    INSERT INTO feed_outbox (feed_item_id) SELECT id FROM items
 )
 SELECT (SELECT deliveries FROM event) AS deliveries,
        (SELECT count(*) FROM upserted WHERE inserted) AS inserted,
