@@ -158,14 +158,18 @@ async def _length(redis: Redis, count: int) -> bool:
 async def test_stream_entry_continues_the_ingest_trace(
     app_factory: AppFactory, redis: Redis, db: asyncpg.Connection
 ) -> None:
-    """The entry's traceparent is a child span in the trace the ingest started (same trace id)."""
-    app = await app_factory()
-    session = await app.register()
-    await watch(app, session["access_token"], ME)
-    await post_webhook(app, webhook(activity("external", frm=ALICE, to=ME)))
+    """The entry's traceparent is a child span in the trace the ingest started (same trace id),
+    even when another process publishes it after a crash."""
+    first = await app_factory()
+    session = await first.register()
+    await watch(first, session["access_token"], ME)
+    next(t for t in app_runtime(first).workers if t.get_name() == "outbox-relay").cancel()
+    await post_webhook(first, webhook(activity("external", frm=ALICE, to=ME)))
+    stored = await db.fetchval("SELECT traceparent FROM feed_outbox")
+    first.server.should_exit = True
+    await app_factory()
     await eventually(lambda: _length(redis, 1))
     (entry,) = await stream_entries(redis)
-    stored = await db.fetchval("SELECT traceparent FROM feed_items")
     version, trace_id, span_id, _flags = entry["traceparent"].split("-")
     assert (version, trace_id) == ("00", stored.split("-")[1])
     assert span_id != stored.split("-")[2]

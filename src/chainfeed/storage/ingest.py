@@ -66,11 +66,16 @@ upserted AS (
               (t.xmax = 0) AS inserted
 ),
 reorged AS (
+    -- The items of a re-orged transfer, found through its watchers and the unique
+    -- (user_id, transaction_id) index; a user who has stopped watching keeps the old payload.
     UPDATE feed_items f
     SET payload = f.payload || jsonb_build_object(
         'removed', u.removed, 'block_hash', u.block_hash, 'block_num', u.block_num)
     FROM upserted u
-    WHERE NOT u.inserted AND f.transaction_id = u.id
+    JOIN input i USING (network, hash, transfer_key)
+    CROSS JOIN LATERAL (VALUES (i.from_address), (i.to_address)) AS side (address)
+    JOIN watched_addresses w ON w.address = side.address
+    WHERE NOT u.inserted AND f.user_id = w.user_id AND f.transaction_id = u.id
     RETURNING f.id
 ),
 matches AS (
@@ -85,20 +90,19 @@ matches AS (
     ORDER BY w.user_id, u.id, (w.address = i.from_address) DESC
 ),
 items AS (
-    INSERT INTO feed_items (user_id, transaction_id, payload, traceparent, tracestate)
+    INSERT INTO feed_items (user_id, transaction_id, payload)
     SELECT user_id, transaction_id,
            payload || jsonb_build_object(
                'address', address,
                'direction', CASE WHEN from_address = to_address THEN 'self'
                                  WHEN address = from_address THEN 'out' ELSE 'in' END,
-               'counterparty', CASE WHEN address = from_address THEN to_address ELSE from_address END),
-           $7, $8
+               'counterparty', CASE WHEN address = from_address THEN to_address ELSE from_address END)
     FROM matches ORDER BY ord, user_id
     ON CONFLICT (user_id, transaction_id) DO NOTHING
     RETURNING id
 ),
 outboxed AS (
-    INSERT INTO feed_outbox (feed_item_id) SELECT id FROM items
+    INSERT INTO feed_outbox (feed_item_id, traceparent, tracestate) SELECT id, $7, $8 FROM items
 )
 SELECT (SELECT deliveries FROM event) AS deliveries,
        (SELECT count(*) FROM upserted WHERE inserted) AS inserted,
@@ -167,8 +171,8 @@ async def store_webhook(
 ) -> StoredWebhook:
     """Record ``webhook`` and create its feed items, atomically and idempotently (one round trip).
 
-    ``traceparent``/``tracestate`` are kept on the new feed items so their publication joins the
-    trace of this ingest.
+    ``traceparent``/``tracestate`` are kept with the new items' outbox rows, so their publication
+    joins the trace of this ingest.
     """
     row = await pool.fetchrow(
         _STORE,

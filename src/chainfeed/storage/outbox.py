@@ -1,4 +1,5 @@
-"""Outbox queries: ``feed_outbox`` holds the ids of committed feed items not yet on the stream.
+"""Outbox queries: ``feed_outbox`` holds the ids of committed feed items not yet on the stream
+(with the trace context of the ingest that created them).
 
 Ingest inserts the ids in the same statement as the feed items (``storage.ingest``). The relay calls
 :func:`lock_outbox`, :func:`unpublished` and :func:`mark_published` inside one transaction. The
@@ -37,10 +38,12 @@ OUTBOX_LOCK_KEY = 0x6F757462
 # answer with a scan of all feed_items while its statistics are young). An id without a feed item
 # (deleted since) comes back with NULL columns and is only removed.
 _UNPUBLISHED = """
-SELECT o.feed_item_id AS id, f.user_id, f.type, f.payload, f.created_at, f.traceparent, f.tracestate
-FROM (SELECT feed_item_id FROM feed_outbox ORDER BY feed_item_id LIMIT $1) AS o
+SELECT o.feed_item_id AS id, f.user_id, f.type, f.payload, f.created_at, o.traceparent, o.tracestate
+FROM (
+    SELECT feed_item_id, traceparent, tracestate FROM feed_outbox ORDER BY feed_item_id LIMIT $1
+) AS o
 LEFT JOIN LATERAL (
-    SELECT user_id, type, payload::text AS payload, created_at, traceparent, tracestate
+    SELECT user_id, type, payload::text AS payload, created_at
     FROM feed_items WHERE id = o.feed_item_id LIMIT 1
 ) AS f ON true
 ORDER BY o.feed_item_id
