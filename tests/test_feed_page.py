@@ -1,0 +1,181 @@
+"""The /feed page in a real headless Chromium, against a real server and the real pipeline.
+
+The browser is Debian's chromium (scripts/install-test-deps installs it), driven by Playwright
+through ``executable_path``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from chainfeed.domain.tokens import issue_token
+from tests.conftest import SIGNING_KEY, AppFactory, RunningApp
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+WATCHED = "0x" + "ab" * 20
+OTHER = "0x" + "cd" * 20
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
+    reason="chromium is not installed (scripts/install-test-deps installs it)",
+)
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context()
+    page = await context.new_page()
+    yield page
+    await context.close()
+
+
+async def _send_webhook(app: RunningApp, *, to: str, frm: str, value: float, asset: str) -> None:
+    """A signed Alchemy ADDRESS_ACTIVITY webhook with one external transfer."""
+    body = json.dumps(
+        {
+            "webhookId": "wh_page_test",
+            "id": f"whevt_{secrets.token_hex(8)}",
+            "createdAt": "2026-11-27T12:00:00.000Z",
+            "type": "ADDRESS_ACTIVITY",
+            "event": {
+                "network": "ETH_MAINNET",
+                "activity": [
+                    {
+                        "blockNum": "0xdf34a3",
+                        "hash": "0x" + secrets.token_hex(32),
+                        "fromAddress": frm,
+                        "toAddress": to,
+                        "value": value,
+                        "asset": asset,
+                        "category": "external",
+                        "rawContract": {"rawValue": "0x0", "decimals": 18},
+                    }
+                ],
+            },
+        }
+    ).encode()
+    signature = hmac.new(SIGNING_KEY.encode(), body, hashlib.sha256).hexdigest()
+    response = await app.http.post(
+        "/webhooks/alchemy",
+        content=body,
+        headers={"content-type": "application/json", "x-alchemy-signature": signature},
+    )
+    assert response.status_code == 200, response.text
+
+
+async def _log_in_through_the_page(page: Page, app: RunningApp) -> None:
+    await page.goto(f"{app.base_url}/feed")
+    await expect(page.locator("#auth")).to_be_visible()
+    await page.fill("input[name=username]", f"web{secrets.token_hex(3)}")
+    await page.fill("input[name=password]", "correct-horse-battery")
+    await page.click("button[value=register]")
+    await expect(page.locator("#app")).to_be_visible()
+    await expect(page.locator("#status-text")).to_have_text("Connected", timeout=10_000)
+
+
+async def test_live_feed_login_watch_push_and_resume(page: Page, app_factory: AppFactory) -> None:
+    """Log in, watch an address, see a pushed item without reload; survive a server restart."""
+    app = await app_factory()
+    other = await app_factory()  # a second instance keeps ingesting while the first is down
+    await _log_in_through_the_page(page, app)
+    assert await page.evaluate("localStorage.getItem('auth_token')")
+
+    await page.fill("#add-form input[name=address]", WATCHED.upper().replace("0X", "0x"))
+    await page.fill("#add-form input[name=label]", "savings")
+    await page.click("#add-form button[type=submit]")
+    await expect(page.locator(f'#addresses li[data-address="{WATCHED}"]')).to_contain_text("savings")
+
+    await _send_webhook(app, to=WATCHED, frm=OTHER, value=1.25, asset="ETH")
+    first = page.locator("#feed li").first
+    await expect(first).to_contain_text("1.25 ETH", timeout=10_000)
+    await expect(first.locator(".direction")).to_have_text("in")
+    await expect(first.locator("a")).to_have_attribute(
+        "href", re.compile(r"^https://etherscan\.io/tx/0x[0-9a-f]{64}$")
+    )
+
+    # The server goes away: grey, then a countdown.
+    port = app.port
+    await app.stop()
+    await expect(page.locator("#status")).not_to_have_attribute("data-state", "connected", timeout=10_000)
+    await expect(page.locator("#status-text")).to_contain_text("Reconnecting in", timeout=10_000)
+
+    # Activity arrives (through the other instance) while this tab's server is down ...
+    await _send_webhook(other, to=OTHER, frm=WATCHED, value=7, asset="USDC")
+    # ... and after the restart the tab resumes from its last id and shows it, newest first.
+    await app_factory(port=port)
+    await expect(page.locator("#status-text")).to_have_text("Connected", timeout=20_000)
+    newest = page.locator("#feed li").first
+    await expect(newest).to_contain_text("7 USDC", timeout=10_000)
+    await expect(newest.locator(".direction")).to_have_text("out")
+    await expect(page.locator("#feed li")).to_have_count(2)
+
+
+async def test_history_is_loaded_on_first_visit(page: Page, app: RunningApp) -> None:
+    session = await app.register()
+    token = session["access_token"]
+    await app.http.post("/api/addresses", json={"address": WATCHED}, headers=app.auth(token))
+    for value in (1, 2, 3):
+        await _send_webhook(app, to=WATCHED, frm=OTHER, value=value, asset="ETH")
+    await page.goto(f"{app.base_url}/feed")
+    await page.evaluate("token => localStorage.setItem('auth_token', token)", token)
+    await page.reload()
+    await expect(page.locator("#feed li")).to_have_count(3, timeout=10_000)
+    await expect(page.locator("#feed li").first).to_contain_text("3 ETH")
+
+
+async def test_expired_token_stops_reconnecting_and_asks_to_log_in(page: Page, app: RunningApp) -> None:
+    user = (await app.register())["user"]
+    expired = issue_token(user["id"], secret=app.settings.jwt_secret, ttl_seconds=60, now=time.time() - 3600)
+    sockets: list[Any] = []
+
+    def opened_socket(socket: Any) -> None:  # Playwright cannot take a bound builtin as a handler
+        sockets.append(socket)
+
+    page.on("websocket", opened_socket)
+    await page.goto(f"{app.base_url}/feed")
+    # A token that the REST API already refuses sends the user to the login form at once.
+    await page.evaluate("token => localStorage.setItem('auth_token', token)", expired)
+    await page.reload()
+    await expect(page.locator("#auth")).to_be_visible()
+    # A token that expires while the page is open: the socket closes with 4401 and stays closed.
+    short = issue_token(user["id"], secret=app.settings.jwt_secret, ttl_seconds=2)
+    await page.evaluate("token => localStorage.setItem('auth_token', token)", short)
+    await page.reload()
+    await expect(page.locator("#status-text")).to_have_text("Connected", timeout=10_000)
+    await expect(page.locator("#auth")).to_be_visible(timeout=15_000)
+    await expect(page.locator("#auth-error")).to_contain_text("expired")
+    opened = len(sockets)
+    await page.wait_for_timeout(5000)
+    assert len(sockets) == opened, "the page kept reconnecting with an expired token"
+    assert await page.evaluate("localStorage.getItem('auth_token')") is None
