@@ -140,6 +140,10 @@ async def test_live_feed_login_watch_push_and_resume(page: Page, app_factory: Ap
     await expect(newest.locator(".direction")).to_have_text("out")
     await expect(page.locator("#feed li")).to_have_count(2)
 
+    # Stop watching: the address leaves the list (and the server's watch list).
+    await page.click(f'#addresses li[data-address="{WATCHED}"] button')
+    await expect(page.locator("#addresses li")).to_have_count(0)
+
 
 async def test_history_is_loaded_on_first_visit(page: Page, app: RunningApp) -> None:
     session = await app.register()
