@@ -54,6 +54,8 @@ class Settings:
     alchemy_api_url: str = "https://dashboard.alchemy.com/api"
     alchemy_auth_token: str = field(default="", repr=False)
     alchemy_webhook_id: str = ""
+    #: OTEL_EXPORTER_OTLP_ENDPOINT: export spans over OTLP/HTTP to it; unset, nothing is exported.
+    otlp_endpoint: str | None = None
 
     @property
     def alchemy_sync_enabled(self) -> bool:
@@ -110,6 +112,7 @@ def load(environ: Mapping[str, str] | None = None, *, dev: bool = False) -> Sett
         or "https://dashboard.alchemy.com/api",
         alchemy_auth_token=reader.get("CHAINFEED_ALCHEMY_AUTH_TOKEN", "", str),
         alchemy_webhook_id=reader.get("CHAINFEED_ALCHEMY_WEBHOOK_ID", "", str),
+        otlp_endpoint=reader.url("OTEL_EXPORTER_OTLP_ENDPOINT", ("https://", "http://")),
     )
     if not dev:
         _require_secrets(settings)

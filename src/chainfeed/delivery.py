@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
-from opentelemetry.trace import SpanKind
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext, SpanKind
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -33,7 +34,7 @@ from chainfeed.domain.retry import Verdict, after_failure, dead_letter_fields, e
 from chainfeed.errors import UnavailableError
 from chainfeed.fanout import Presence, publish
 from chainfeed.hub import Hub
-from chainfeed.names import user_channel
+from chainfeed.names import USER_CHANNEL_PREFIX, user_channel
 from chainfeed.observability.metrics import (
     DEAD_LETTERS,
     REDIS_STREAM_CONSUMER_LAG,
@@ -42,7 +43,7 @@ from chainfeed.observability.metrics import (
     REDIS_STREAM_RETRIES,
     STAGE_DURATION,
 )
-from chainfeed.observability.tracing import extract_context, tracer
+from chainfeed.observability.tracing import extract_context, format_traceparent, recording, tracer
 from chainfeed.storage.delivery import persist_entry
 from chainfeed.storage.feed import feed_committed_late, feed_since
 from chainfeed.storage.pool import POSTGRES_DOWN
@@ -56,6 +57,8 @@ __all__ = ["Consumer", "maintain", "replay_late", "replay_page", "start"]
 
 log = structlog.get_logger(__name__)
 
+#: ``(channel, feed item id, entry ms, frame, the entry's CONSUMER span)``: ready to publish.
+Prepared = tuple[str, int, int, str, SpanContext]
 #: Batch of ``(entry id, fields, deliveries so far including this one)``.
 Batch = Sequence[tuple[str, dict[str, str], int]]
 #: How often the maintenance worker runs; stale consumers are looked for every tenth run.
@@ -133,7 +136,7 @@ class Consumer:
         """Persist where needed, publish, then acknowledge; failed entries stay pending or dead-letter."""
         started = time.perf_counter()
         acks: list[str] = []
-        messages: list[tuple[str, str]] = []
+        messages: list[Prepared] = []
         letters: list[tuple[str, dict[str, str]]] = []
         max_deliveries = self._settings.max_deliveries
         for entry_id, fields, deliveries in batch:
@@ -162,7 +165,7 @@ class Consumer:
         _CONSUME_STAGE.observe(time.perf_counter() - started)
         if messages:
             started = time.perf_counter()
-            await publish(self._redis, messages)
+            await _fan_out(self._redis, messages)
             _FANOUT_STAGE.observe(time.perf_counter() - started)
         await self.group.ack(acks)
         if letters:
@@ -183,13 +186,23 @@ class Consumer:
         if time.monotonic() - self._last_poll > allowed:
             raise UnavailableError("consumer", "has not polled the stream recently")
 
-    async def _prepare(self, entry_id: str, fields: dict[str, str]) -> tuple[str, str]:
-        """The ``(channel, envelope)`` that delivers the entry; raises when it cannot be delivered."""
-        with tracer.start_as_current_span(
-            f"deliver {self.group.stream}",
-            context=extract_context(fields),
-            kind=SpanKind.CONSUMER,
-            attributes={"messaging.system": "redis", "messaging.message.id": entry_id},
+    async def _prepare(self, entry_id: str, fields: dict[str, str]) -> Prepared:
+        """What delivers the entry (its frame, encoded once); raises when it cannot be delivered."""
+        group = self.group
+        with (
+            structlog.contextvars.bound_contextvars(entry_id=entry_id),
+            tracer.start_as_current_span(
+                f"deliver {group.stream}",
+                context=extract_context(fields),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "redis",
+                    "messaging.destination.name": group.stream,
+                    "messaging.consumer.group.name": group.group,
+                    "messaging.operation.type": "process",
+                    "messaging.message.id": entry_id,
+                },
+            ) as span,
         ):
             item = parse_entry(entry_id, fields)
             entry_ms = entry_millis(entry_id)
@@ -214,7 +227,7 @@ class Consumer:
                 type_=item.type,
                 payload_json=item.payload_json,
             )
-            return user_channel(item.user_id), pack_push(item_id, entry_ms, frame)
+            return user_channel(item.user_id), item_id, entry_ms, frame, span.get_span_context()
 
     async def _initialize(self) -> None:
         created = await self.group.ensure()
@@ -244,6 +257,49 @@ class Consumer:
         self._errors.move_to_end(entry_id)
         while len(self._errors) > _REMEMBERED_ERRORS:
             self._errors.popitem(last=False)
+
+
+async def _fan_out(redis: Redis, messages: Sequence[Prepared]) -> None:
+    """PUBLISH the batch in one PRODUCER span; each push carries the trace context it continues.
+
+    The span is a child of the first entry's CONSUMER span and links every entry's. A push from
+    the same trace continues this span; any other continues its own entry's CONSUMER span. When
+    spans go nowhere (no exporter), pushes carry no trace context and the hubs start no span.
+    """
+    if not recording():
+        await publish(redis, [(m[0], pack_push(m[1], m[2], m[3])) for m in messages])
+        return
+    first = messages[0][4]
+    with tracer.start_as_current_span(
+        f"publish {USER_CHANNEL_PREFIX}{{user_id}}",
+        context=trace.set_span_in_context(trace.NonRecordingSpan(first)),
+        kind=SpanKind.PRODUCER,
+        links=[Link(message[4]) for message in messages[1:]],
+        attributes={
+            "messaging.system": "redis",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "publish",
+            "messaging.destination.template": f"{USER_CHANNEL_PREFIX}{{user_id}}",
+            "messaging.batch.message_count": len(messages),
+        },
+    ) as span:
+        own = span.get_span_context()
+        own_parent = format_traceparent(own)
+        await publish(
+            redis,
+            [
+                (
+                    channel,
+                    pack_push(
+                        item_id,
+                        entry_ms,
+                        frame,
+                        own_parent if context.trace_id == own.trace_id else format_traceparent(context),
+                    ),
+                )
+                for channel, item_id, entry_ms, frame, context in messages
+            ],
+        )
 
 
 def _letter(entry_id: str, fields: dict[str, str], deliveries: int, error: str) -> tuple[str, dict[str, str]]:

@@ -29,6 +29,7 @@ from chainfeed.observability.metrics import (
     WEBSOCKET_CONNECTION_DURATION,
     WEBSOCKET_ERRORS,
 )
+from chainfeed.observability.tracing import push_span
 
 __all__ = ["Connection", "Hub", "Outgoing"]
 
@@ -181,8 +182,10 @@ class Hub:
             if user is None:
                 return
             item: Outgoing = (decoded.item_id, decoded.entry_ms, time.monotonic(), decoded.frame)
-            for conn in user.connections.values():
-                conn.offer(item)
+            connections = user.connections
+            with push_span(decoded.traceparent, item_id=decoded.item_id, connections=len(connections)):
+                for conn in connections.values():
+                    conn.offer(item)
         elif isinstance(decoded, Evict):
             evicted = self._connections.get(decoded.connection_id)
             if evicted is not None:

@@ -2,8 +2,9 @@
 
 A push is encoded to JSON text once, where the stream entry is consumed, and that same text
 travels to every instance and every tab of the user. Between instances it rides in a small
-envelope on the user's PUB/SUB channel: ``"<feed item id> <entry ms> <frame>"`` for a push, so a
-receiver can drop replayed duplicates and measure latency without parsing the frame, or
+envelope on the user's PUB/SUB channel: ``"<feed item id> <entry ms> [<traceparent>] <frame>"``
+for a push, so a receiver can drop replayed duplicates, measure latency and continue the trace
+without parsing the frame, or
 ``"!evict <connection id>"`` when the per-user connection cap closes a tab elsewhere.
 """
 
@@ -46,6 +47,8 @@ class Push:
     item_id: int
     entry_ms: int
     frame: str
+    #: W3C traceparent of the span that published it (the push span's parent), when traced.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +87,10 @@ def encode_item(item: dict[str, Any]) -> str:
     return msgspec.json.encode(item).decode()
 
 
-def pack_push(item_id: int, entry_ms: int, frame: str) -> str:
-    """The envelope of a push on a user channel."""
+def pack_push(item_id: int, entry_ms: int, frame: str, traceparent: str | None = None) -> str:
+    """The envelope of a push on a user channel (``traceparent`` goes before the frame, if given)."""
+    if traceparent is not None:
+        return f"{item_id} {entry_ms} {traceparent} {frame}"
     return f"{item_id} {entry_ms} {frame}"
 
 
@@ -103,7 +108,10 @@ def unpack(message: str) -> Push | Evict | None:
     parts = message.split(" ", 2)
     if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
         return None
-    return Push(int(parts[0]), int(parts[1]), parts[2])
+    frame, traceparent = parts[2], None
+    if frame.startswith("00-"):  # a frame starts with "{"; a W3C traceparent with its version
+        traceparent, _, frame = frame.partition(" ")
+    return Push(int(parts[0]), int(parts[1]), frame, traceparent)
 
 
 def parse_since(raw: object) -> int | None:

@@ -10,12 +10,13 @@ from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.prometheus import PrometheusConfig
 
 from chainfeed import __version__
 from chainfeed.config import Settings
 from chainfeed.observability import metrics as _metrics  # noqa: F401 - registers every metric at start
-from chainfeed.observability.tracing import configure_tracing
+from chainfeed.observability.tracing import configure_tracing, http_span_details, redact_span_attributes
 from chainfeed.runtime import open_runtime
 from chainfeed.web.addresses import AddressController
 from chainfeed.web.auth import AuthController, MeController
@@ -33,12 +34,16 @@ __all__ = ["create_app"]
 def create_app(settings: Settings) -> Litestar:
     """An app whose lifespan opens the runtime (pool, Redis, workers) and closes it on shutdown."""
 
+    provider = configure_tracing(otlp_endpoint=settings.otlp_endpoint)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        configure_tracing()
-        async with open_runtime(settings) as runtime:
-            app.state.runtime = runtime
-            yield
+        try:
+            async with open_runtime(settings) as runtime:
+                app.state.runtime = runtime
+                yield
+        finally:
+            provider.force_flush(timeout_millis=5000)  # spans of the last requests reach the collector
 
     prometheus = PrometheusConfig(
         app_name="chainfeed",
@@ -64,6 +69,19 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         middleware=[prometheus.middleware],
+        plugins=[
+            # A SERVER span per HTTP request (not per WebSocket: an open socket is no request, and
+            # its URL holds the token); attributes are redacted by the tracing set-up.
+            OpenTelemetryPlugin(
+                OpenTelemetryConfig(
+                    scopes={ScopeType.HTTP},
+                    exclude=["^/metrics", "^/healthz", "^/readyz"],
+                    exclude_spans=["receive", "send"],
+                    scope_span_details_extractor=http_span_details,
+                    server_request_hook_handler=redact_span_attributes,
+                )
+            )
+        ],
         openapi_config=OpenAPIConfig(title="ChainFeed", version=__version__),
         request_max_body_size=settings.webhook_max_bytes,
         logging_config=None,  # structlog owns logging (configure_logging at the entry point)
