@@ -15,20 +15,7 @@ from chainfeed.errors import ConfigError
 from chainfeed.storage import create_pool
 from chainfeed.storage.alchemy_sync import pending_count
 
-__all__ = ["add_parser"]
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``alchemy sync``."""
-    alchemy = sub.add_parser("alchemy", help="keep the Alchemy webhook's address list in sync")
-    actions = alchemy.add_subparsers(dest="alchemy_command", required=True, metavar="ACTION")
-    sync = actions.add_parser(
-        "sync", help="send pending watch-list changes now (--full: replace the whole list)"
-    )
-    sync.add_argument(
-        "--full", action="store_true", help="replace the webhook's list with every watched address"
-    )
-    sync.set_defaults(func=sync_command)
+__all__ = ["sync_command"]
 
 
 def sync_command(args: argparse.Namespace) -> int:

@@ -26,41 +26,10 @@ from chainfeed.domain.addresses import normalize_address
 from chainfeed.errors import ConfigError, ValidationError
 from chainfeed.simulate import AddressSource, SimulationStats, simulate
 
-__all__ = ["add_parser", "positive_rate", "run_in_background", "simulate_command"]
+__all__ = ["run_in_background", "simulate_command"]
 
 log = structlog.get_logger(__name__)
 _ADDRESS_LIMIT = 1000
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``simulate``."""
-    parser = sub.add_parser("simulate", help="send signed synthetic Alchemy webhooks to a running app")
-    parser.add_argument(
-        "--url",
-        default="http://127.0.0.1:8000",
-        help="the app (or its webhook URL); default http://127.0.0.1:8000",
-    )
-    parser.add_argument("--rate", type=positive_rate, default=5.0, help="webhooks per second (default 5)")
-    parser.add_argument(
-        "--duration", type=float, default=30.0, help="seconds to run; 0 runs until Ctrl-C (default 30)"
-    )
-    parser.add_argument(
-        "--activities",
-        type=int,
-        default=2,
-        help="activities per webhook (default 2; Alchemy batches a block)",
-    )
-    parser.add_argument(
-        "--addresses",
-        default=None,
-        help="comma-separated addresses (default: the watch lists in the database)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=".chainfeed",
-        help="where `chainfeed dev` keeps its signing key (default ./.chainfeed)",
-    )
-    parser.set_defaults(func=simulate_command)
 
 
 def simulate_command(args: argparse.Namespace) -> int:
@@ -185,11 +154,3 @@ def run_in_background(*, url: str, rate: float, signing_key: str, database_url: 
 def _quiet_http_client() -> None:
     """httpx logs every request at INFO; the progress line already says what matters."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def positive_rate(raw: str) -> float:
-    """argparse type: a rate above zero."""
-    value = float(raw)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value

@@ -16,35 +16,9 @@ from chainfeed.config import Settings
 from chainfeed.errors import ConfigError, NotFoundError
 from chainfeed.stream_admin import StreamInfo, dlq_list, dlq_purge, dlq_replay, entry_age_seconds, stream_info
 
-__all__ = ["add_parsers"]
+__all__ = ["info_command", "list_command", "purge_command", "replay_command"]
 
 _T = TypeVar("_T")
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``stream`` and ``dlq``."""
-    stream = sub.add_parser("stream", help="inspect the feed stream and its consumer group")
-    stream_actions = stream.add_subparsers(dest="stream_command", required=True, metavar="ACTION")
-    info = stream_actions.add_parser("info", help="length, groups, consumers, pending and lag")
-    info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.set_defaults(func=info_command)
-
-    dlq = sub.add_parser("dlq", help="dead letters: list, replay onto the stream, purge")
-    dlq_actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    listing = dlq_actions.add_parser("list", help="show dead letters, oldest first")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    listing.add_argument("--json", action="store_true", help="print JSON instead of text")
-    listing.set_defaults(func=list_command)
-    replay = dlq_actions.add_parser("replay", help="put dead letters back onto the stream")
-    which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--id", action="append", dest="ids", metavar="ID", help="a dead letter id (repeatable)"
-    )
-    which.add_argument("--all", action="store_true", help="every dead letter")
-    replay.set_defaults(func=replay_command)
-    purge = dlq_actions.add_parser("purge", help="delete every dead letter")
-    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    purge.set_defaults(func=purge_command)
 
 
 def _with_redis(work: Callable[[Redis, Settings], Awaitable[_T]]) -> _T:
