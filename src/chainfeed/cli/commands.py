@@ -14,6 +14,7 @@ from chainfeed.cli.devmode import run_dev
 from chainfeed.domain.tokens import issue_token
 from chainfeed.errors import ConfigError, NotFoundError
 from chainfeed.observability.logging import configure_logging
+from chainfeed.observability.multiprocess import multiprocess_metrics
 from chainfeed.server import uvicorn_config
 from chainfeed.storage import migrate as apply_migrations
 
@@ -35,8 +36,9 @@ def serve(args: argparse.Namespace) -> int:
                          workers=args.workers)  # fmt: skip
     server = uvicorn.Server(cfg)
     if args.workers > 1:
-        sock = cfg.bind_socket()
-        Multiprocess(cfg, sockets=[sock]).run()
+        with multiprocess_metrics():  # /metrics then sums every worker's values
+            sock = cfg.bind_socket()
+            Multiprocess(cfg, sockets=[sock]).run()
     else:
         server.run()
     return 0
