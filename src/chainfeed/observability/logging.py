@@ -89,7 +89,15 @@ def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi", "litestar"):
         named = logging.getLogger(name)
         named.handlers[:] = []
         named.propagate = True
+    # No access lines: they would carry query strings (the WebSocket token), and HTTP metrics and
+    # spans cover requests. uvicorn decides per connection with ``hasHandlers()`` on this logger,
+    # so it must neither have handlers nor propagate to the root's; ``access_log=False`` alone
+    # does not hold, because this function runs again in each worker after uvicorn's own set-up
+    # (the app factory configures logging) and used to turn propagation back on.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
