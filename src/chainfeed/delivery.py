@@ -38,6 +38,7 @@ from chainfeed.names import USER_CHANNEL_PREFIX, user_channel
 from chainfeed.observability.metrics import (
     DEAD_LETTERS,
     REDIS_STREAM_CONSUMER_LAG,
+    REDIS_STREAM_CONSUMERS,
     REDIS_STREAM_LENGTH,
     REDIS_STREAM_PENDING,
     REDIS_STREAM_RETRIES,
@@ -316,6 +317,9 @@ async def maintain(group: ConsumerGroup, presence: Presence, *, settings: Settin
             REDIS_STREAM_LENGTH.labels(group.stream).set(stats.length)
             REDIS_STREAM_PENDING.labels(group.group).set(stats.pending)
             REDIS_STREAM_CONSUMER_LAG.set(stats.lag_seconds)
+            REDIS_STREAM_CONSUMERS.labels(group.group).set(
+                await _active_consumers(group, within_ms=settings.claim_idle_ms)
+            )
             trimmed = await group.trim(settings.stream_maxlen)
             if trimmed:
                 log.debug("stream trimmed", stream=group.stream, removed=trimmed)
@@ -329,6 +333,12 @@ async def maintain(group: ConsumerGroup, presence: Presence, *, settings: Settin
             log.exception("stream maintenance failed")
         runs += 1
         await asyncio.sleep(MAINTENANCE_SECONDS)
+
+
+async def _active_consumers(group: ConsumerGroup, *, within_ms: int) -> int:
+    """Consumers of the group that read within ``within_ms`` (XINFO CONSUMERS), for the no-consumer alert."""
+    consumers = await group.redis.xinfo_consumers(group.stream, group.group)
+    return sum(1 for consumer in consumers if int(consumer.get("idle", within_ms)) < within_ms)
 
 
 async def replay_page(pool: asyncpg.Pool, user_id: int, after: int) -> list[tuple[int, str]]:
