@@ -46,7 +46,7 @@ from chainfeed.observability.metrics import (
 )
 from chainfeed.observability.tracing import extract_context, format_traceparent, recording, tracer
 from chainfeed.storage.delivery import persist_entry
-from chainfeed.storage.feed import feed_committed_late, feed_since
+from chainfeed.storage.feed import feed_committed_late, feed_published_since, feed_since
 from chainfeed.storage.pool import POSTGRES_DOWN
 from chainfeed.stream import ConsumerGroup
 
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from chainfeed.config import Settings
     from chainfeed.runtime import Runtime
 
-__all__ = ["Consumer", "maintain", "replay_late", "replay_page", "start"]
+__all__ = ["Consumer", "maintain", "replay_late", "replay_page", "replay_recent", "start"]
 
 log = structlog.get_logger(__name__)
 
@@ -350,6 +350,13 @@ async def replay_page(pool: asyncpg.Pool, user_id: int, after: int) -> list[tupl
 async def replay_late(pool: asyncpg.Pool, user_id: int, since: int) -> list[tuple[int, str]]:
     """Items with ids below ``since`` that were committed (and published) after it, as frames."""
     items = await feed_committed_late(pool, user_id, since)
+    return [(item["id"], encode_item(item)) for item in items]
+
+
+async def replay_recent(pool: asyncpg.Pool, user_id: int, opened_at: float) -> list[tuple[int, str]]:
+    """Items published since ``opened_at`` (unix seconds, less a second for clock skew), as frames."""
+    at = datetime.fromtimestamp(opened_at - 1.0, tz=UTC)
+    items = await feed_published_since(pool, user_id, at)
     return [(item["id"], encode_item(item)) for item in items]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -25,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chainfeed.domain.frames import EVICT_PREFIX
-from chainfeed.names import INSTANCES_KEY, user_connections_key
+from chainfeed.names import INSTANCES_KEY, RESYNC_MARKER_CHANNEL, user_connections_key
 
 __all__ = ["INSTANCE_STALE_MS", "Presence", "Subscriber", "publish"]
 
@@ -124,10 +125,20 @@ class Presence:
 class Subscriber:
     """The process's one PUB/SUB connection: confirmed subscriptions, messages to ``on_message``."""
 
-    def __init__(self, redis: Redis, *, home_channel: str, on_message: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        home_channel: str,
+        on_message: Callable[[str, str], None],
+        on_resubscribed: Callable[[], None] | None = None,
+    ) -> None:
         self._redis = redis
         self._home = home_channel
         self._on_message = on_message
+        #: Called once every channel is subscribed again after the connection was lost.
+        self._on_resubscribed = on_resubscribed
+        self._lost = False
         self._commands: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
 
@@ -172,7 +183,14 @@ class Subscriber:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             else:
+                # redis-py may reconnect inside any call (its retries) without raising: learn of
+                # every reconnect from the connection itself (after its own re-subscribe callback).
+                connection: Any = pubsub.connection  # typed as never None by redis-py
+                connection.register_connect_callback(self._reconnected)
                 return
+
+    def _reconnected(self, _connection: object) -> None:
+        self._lost = True
 
     async def _send_commands(self, pubsub: PubSub) -> None:
         while True:
@@ -194,19 +212,39 @@ class Subscriber:
                 message = await pubsub.get_message(timeout=_POLL_SECONDS)
             except _REDIS_DOWN as exc:
                 # redis-py reconnects on the next read and re-subscribes every channel it knows;
-                # pushes published meanwhile are lost to live tabs (they resume from PostgreSQL).
+                # pushes published meanwhile never come: the sessions re-sync from PostgreSQL.
                 log.warning("pubsub connection lost", error=str(exc), retry_in=delay)
+                self._lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.1
+            if self._lost:
+                await self._mark_resubscribed(pubsub)
             if message is None:
                 continue
             kind = message["type"]
             if kind == "message":
                 self._on_message(message["channel"], message["data"])
+            elif kind == "subscribe" and message["channel"] == RESYNC_MARKER_CHANNEL:
+                self._commands.put_nowait(("unsubscribe", RESYNC_MARKER_CHANNEL))
+                if self._on_resubscribed is not None:
+                    self._on_resubscribed()
             elif kind == "subscribe":
                 self._resolve(message["channel"], None)
+
+    async def _mark_resubscribed(self, pubsub: PubSub) -> None:
+        """After a reconnect: a marker SUBSCRIBE behind redis-py's re-SUBSCRIBEs.
+
+        Redis answers commands in order, so when the marker's confirmation comes back every
+        channel is subscribed again: from then on pushes arrive live, and what was published
+        before is in PostgreSQL, where the hub's sessions look it up (``on_resubscribed``).
+        """
+        try:
+            await pubsub.subscribe(RESYNC_MARKER_CHANNEL)
+        except _REDIS_DOWN:
+            return  # still down: the next successful read tries again
+        self._lost = False
 
     def _resolve(self, channel: str, error: BaseException | None) -> None:
         waiters = self._waiting.get(channel)

@@ -31,7 +31,7 @@ from chainfeed.observability.metrics import (
 )
 from chainfeed.observability.tracing import push_span
 
-__all__ = ["Connection", "Hub", "Outgoing"]
+__all__ = ["RESYNC", "Connection", "Hub", "Outgoing"]
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +39,9 @@ log = structlog.get_logger(__name__)
 Outgoing = tuple[int | None, int, float, str]
 #: How long a new connection waits for Redis to confirm its user's subscription.
 SUBSCRIBE_TIMEOUT = 5.0
+#: Queued on every connection when PUB/SUB pushes may have been missed (the subscriber
+#: reconnected): its session re-sends from PostgreSQL what came after its last frame.
+RESYNC: Outgoing = (None, -1, 0.0, "")
 
 
 @dataclass(eq=False)
@@ -85,7 +88,9 @@ class Hub:
 
     def __init__(self, redis: Redis, *, presence: Presence, max_total: int, send_queue: int) -> None:
         self.presence = presence
-        self.subscriber = Subscriber(redis, home_channel=HUB_CHANNEL, on_message=self.dispatch)
+        self.subscriber = Subscriber(
+            redis, home_channel=HUB_CHANNEL, on_message=self.dispatch, on_resubscribed=self.resync
+        )
         self._max_total = max_total
         self._send_queue = send_queue
         self._users: dict[int, _User] = {}
@@ -170,6 +175,12 @@ class Hub:
             await self.presence.unregister(conn.user_id, conn.id)
         except Exception as exc:  # the entry ages out with the key; closing must finish
             log.warning("connection registry update failed", error=str(exc))
+
+    def resync(self) -> None:
+        """The PUB/SUB connection came back: every open tab catches up from PostgreSQL."""
+        log.info("pubsub resubscribed; re-syncing local connections", connections=len(self._connections))
+        for conn in self._connections.values():
+            conn.offer(RESYNC)
 
     def dispatch(self, channel: str, message: str) -> None:
         """A user-channel message: queue a push on every local tab, or apply a control message."""

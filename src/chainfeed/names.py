@@ -9,6 +9,7 @@ __all__ = [
     "FEED_ITEM_TYPE",
     "HUB_CHANNEL",
     "INSTANCES_KEY",
+    "RESYNC_MARKER_CHANNEL",
     "USER_CHANNEL_PREFIX",
     "USER_CONNECTIONS_PREFIX",
     "user_channel",
@@ -34,6 +35,10 @@ INSTANCES_KEY = "feed:instances"
 
 #: PUB/SUB channel every instance subscribes to for as long as it runs (hub-wide control).
 HUB_CHANNEL = "feed:hub"
+
+#: Subscribed for a moment after the PUB/SUB connection came back: its confirmation, behind the
+#: re-subscriptions, says every channel is live again (nothing is published on it).
+RESYNC_MARKER_CHANNEL = "feed:hub:resubscribed"
 
 
 def user_channel(user_id: int) -> str:

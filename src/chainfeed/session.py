@@ -31,12 +31,14 @@ from chainfeed.observability.metrics import (
     WEBSOCKET_MESSAGES_SENT,
 )
 
-__all__ = ["PROTOCOL_CLOSE_CODES", "ClientGone", "ReplayPage", "Session", "Socket"]
+__all__ = ["PROTOCOL_CLOSE_CODES", "ClientGone", "RecentPage", "ReplayPage", "Session", "Socket"]
 
 log = structlog.get_logger(__name__)
 
 #: ``(user id, after id) -> [(feed item id, frame text)]``: the next page, oldest first; empty at the end.
 ReplayPage = Callable[[int, int], Awaitable[Sequence[tuple[int, str]]]]
+#: ``(user id, unix seconds) -> [(feed item id, frame text)]``: items published since then, oldest first.
+RecentPage = Callable[[int, float], Awaitable[Sequence[tuple[int, str]]]]
 #: Close codes that mean the client broke the protocol (or stopped answering pings).
 PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009, 1011})
 #: How long a server-side close may wait for the client to drain what is already buffered.
@@ -69,12 +71,21 @@ class Session:
     """Runs one connection until the client leaves or the server closes it."""
 
     def __init__(
-        self, conn: Connection, socket: Socket, replay: ReplayPage, late: ReplayPage | None = None
+        self,
+        conn: Connection,
+        socket: Socket,
+        replay: ReplayPage,
+        late: ReplayPage | None = None,
+        recent: RecentPage | None = None,
     ) -> None:
         self.conn = conn
         self.socket = socket
         self._replay_page = replay
         self._late = late
+        self._recent = recent
+        self._opened = time.time()
+        #: The highest feed item id sent on this connection (None: none yet), for re-syncs.
+        self._last_sent: int | None = None
         self._writer: asyncio.Task[None] | None = None
         #: Ids the last replay sent, skipped when they also arrive live (None: nothing to skip).
         self._skip: set[int] | None = None
@@ -150,6 +161,27 @@ class Session:
             after = page[-1][0]
         self._skip = replayed or None
         self._skip_max = after
+        if replayed:
+            self._note_sent(max(replayed))
+
+    def _note_sent(self, item_id: int) -> None:
+        if self._last_sent is None or item_id > self._last_sent:
+            self._last_sent = item_id
+
+    async def _resync(self) -> None:
+        """Live pushes may have been lost (PUB/SUB reconnected): re-send what followed the last one."""
+        if self._last_sent is not None:
+            await self._replay(self._last_sent)
+            return
+        if self._recent is None:
+            return
+        page = await self._recent(self.conn.user_id, self._opened)
+        for item_id, frame in page:
+            await self.socket.send_text(frame)
+            self._note_sent(item_id)
+        WEBSOCKET_MESSAGES_SENT.inc(len(page))
+        self._skip = {item_id for item_id, _ in page} or None
+        self._skip_max = self._last_sent or 0
 
     def _start_writer(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.conn.id}")
@@ -166,12 +198,17 @@ class Session:
         try:
             while True:
                 item_id, entry_ms, arrived, text = await queue.get()
+                if entry_ms < 0:  # hub.RESYNC
+                    await self._resync()
+                    continue
                 if self._skip is not None and item_id is not None:
                     if item_id > self._skip_max:
                         self._skip = None
                     elif item_id in self._skip:
                         continue
                 await send(text)
+                if item_id is not None:
+                    self._note_sent(item_id)
                 WEBSOCKET_MESSAGES_SENT.inc()
                 if entry_ms:
                     DELIVERY_LATENCY.observe(max(0.0, time.time() - entry_ms / 1000))

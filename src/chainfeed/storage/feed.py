@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from chainfeed.domain.feed import feed_frame
 
-__all__ = ["feed_committed_late", "feed_page", "feed_since"]
+__all__ = ["feed_committed_late", "feed_page", "feed_published_since", "feed_since"]
 
 _COLUMNS = "id, user_id, type, payload, created_at"
 
@@ -68,5 +69,20 @@ async def feed_committed_late(pool: asyncpg.Pool, user_id: int, since: int) -> l
         " ORDER BY id LIMIT 1000",
         user_id,
         since,
+    )
+    return [_frame(row) for row in rows]
+
+
+async def feed_published_since(pool: asyncpg.Pool, user_id: int, at: datetime) -> list[dict[str, Any]]:
+    """The user's items that reached the stream at or after ``at``, oldest first (at most 1000).
+
+    For a live connection that has sent nothing yet when its instance's PUB/SUB connection was
+    re-established: what it may have missed is what was published since it opened.
+    """
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM feed_items WHERE user_id = $1 AND published_at >= $2"  # noqa: S608
+        " ORDER BY id LIMIT 1000",
+        user_id,
+        at,
     )
     return [_frame(row) for row in rows]

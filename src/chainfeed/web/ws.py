@@ -18,7 +18,7 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.types import ControllerRouterHandler
 
-from chainfeed.delivery import replay_late, replay_page
+from chainfeed.delivery import replay_late, replay_page, replay_recent
 from chainfeed.domain.frames import parse_since
 from chainfeed.domain.tokens import decode_token
 from chainfeed.errors import AuthError
@@ -154,6 +154,7 @@ async def _serve(
             _Socket(socket),
             functools.partial(replay_page, runtime.pool),
             functools.partial(replay_late, runtime.pool),
+            functools.partial(replay_recent, runtime.pool),
         )
         code = await session.run(since)
     finally:
