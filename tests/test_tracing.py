@@ -6,15 +6,22 @@ attribute anywhere may carry the token, the webhook signature or the password.
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
 
+import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from chainfeed.config import Settings
 from chainfeed.domain.frames import Push, pack_push, unpack
 from chainfeed.observability.tracing import (
     add_span_processor,
@@ -25,6 +32,7 @@ from chainfeed.observability.tracing import (
 from tests.conftest import AppFactory
 from tests.delivery_support import client, ready, recv_frames
 from tests.ingest_support import activity, address, eventually, sign, watch, webhook
+from tests.observability_support import serve
 
 _EXPORTER = InMemorySpanExporter()
 _INSTALLED = False
@@ -183,3 +191,58 @@ def test_span_attributes_are_redacted_at_start(spans: InMemorySpanExporter) -> N
     assert span.attributes["url.query"] == "token=[redacted]&since=3"
     assert jwt not in str(dict(span.attributes))
     assert span.attributes["http.status_code"] == 200
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector that keeps the span names of every POST /v1/traces."""
+
+    names: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/v1/traces":
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    self.names.extend(span.name for span in scope.spans)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+async def test_spans_are_exported_over_otlp_when_an_endpoint_is_set(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``chainfeed serve`` with OTEL_EXPORTER_OTLP_ENDPOINT posts its spans to ``/v1/traces``."""
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=collector.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
+        async with (
+            serve(
+                settings,
+                tmp_path / "serve.log",
+                OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+                OTEL_BSP_SCHEDULE_DELAY="100",
+            ) as (_, base_url),
+            httpx.AsyncClient(base_url=base_url) as http_client,
+        ):
+            response = await http_client.post(
+                "/webhooks/alchemy", content=b"{}", headers={"X-Alchemy-Signature": "0"}
+            )
+            assert response.status_code == 401
+
+            async def exported() -> bool:
+                return "POST /webhooks/alchemy" in _Collector.names and "ingest webhook" in _Collector.names
+
+            await eventually(exported, within=10, what="spans at the collector")
+    finally:
+        collector.shutdown()
+        thread.join(timeout=5)
+        collector.server_close()
