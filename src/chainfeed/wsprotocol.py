@@ -4,6 +4,8 @@ ASGI cannot express two things the SPEC needs, so they live at the protocol leve
 
 - Server shutdown closes open connections with **1001** (going away) and waits for the client's
   close frame; uvicorn's own protocol sends 1012 and drops the connection at once.
+- A handshake the parser refuses (a request line over 8 KiB) is answered (414) and closed;
+  uvicorn would leave the client hanging.
 - The heartbeat is protocol-level ping/pong (uvicorn's keepalive, every
   CHAINFEED_WS_PING_INTERVAL s; no pong within CHAINFEED_WS_PONG_TIMEOUT s closes with 1011).
   Browsers answer pings by themselves, so no client code is needed. When a client misses its
@@ -42,3 +44,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 {"type": "websocket.disconnect", "code": 1011, "reason": "keepalive ping timeout"}
             )
         super().keepalive_timeout()
+
+    def data_received(self, data: bytes) -> None:
+        """As uvicorn, plus: a handshake the parser refused (a request line over websockets' 8 KiB
+        limit, say a huge token in the URL) gets the answer websockets prepared (414/400) and the
+        connection is closed. uvicorn never sends it, and the client would hang."""
+        super().data_received(data)
+        parsed = hasattr(self, "scope")  # uvicorn sets it when a request was parsed (handle_connect)
+        if parsed or self.conn.handshake_exc is None or self.transport.is_closing():
+            return
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
