@@ -182,6 +182,8 @@ def parse_webhook(body: bytes) -> Webhook:
         raise ValidationError(f"malformed webhook: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ValidationError(f"malformed webhook: body is not valid JSON ({exc})") from None
+    except RecursionError:  # msgspec recurses into unknown fields: thousands of levels overflow
+        raise ValidationError("malformed webhook: JSON nested too deeply") from None
     if not envelope.id or len(envelope.id) > _MAX_ID_LENGTH:
         raise ValidationError(f"malformed webhook: id must be 1-{_MAX_ID_LENGTH} characters - at `$.id`")
     if envelope.type is not None and envelope.type != ADDRESS_ACTIVITY:
@@ -218,6 +220,8 @@ def _transfer(raw: msgspec.Raw, index: int, *, network: str) -> Transfer:
         raise ValidationError(f"malformed webhook: {message}") from None
     except msgspec.DecodeError as exc:  # pragma: no cover - the envelope already parsed this JSON
         raise ValidationError(f"malformed webhook: {exc} - at `{where}`") from None
+    except RecursionError:
+        raise ValidationError(f"malformed webhook: JSON nested too deeply - at `{where}`") from None
     if not _HASH.fullmatch(activity.hash):
         raise ValidationError(f"malformed webhook: hash must be 0x and 64 hex digits - at `{where}.hash`")
     log = activity.log or _Log()
