@@ -8,29 +8,43 @@ mapped to answers in ``chainfeed.web.errors``.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import structlog
 from litestar import Request, post
+from litestar.exceptions import HTTPException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ControllerRouterHandler
 
 from chainfeed.errors import UnavailableError
 from chainfeed.ingest import ingest_webhook, reject_too_large
+from chainfeed.observability.metrics import WEBHOOK_REQUESTS
 from chainfeed.web.deps import RuntimeDep
 
 __all__ = ["ROUTES"]
 
 SIGNATURE_HEADER = "x-alchemy-signature"
+#: A body not fully received within this many seconds is refused with 408 (a slow-body client
+#: would otherwise hold a request, and its buffers, for as long as it likes).
+BODY_READ_TIMEOUT = 10.0
+
+log = structlog.get_logger(__name__)
 
 
 @post("/webhooks/alchemy", status_code=200)
 async def alchemy_webhook(request: Request[Any, Any, Any], runtime: RuntimeDep) -> dict[str, int]:
     """Store one Address Activity delivery; ``{"activities": n, "new_feed_items": m}``."""
     try:
-        body = await request.body()
+        async with asyncio.timeout(BODY_READ_TIMEOUT):
+            body = await request.body()
     except RequestEntityTooLarge:
         reject_too_large(request.content_length, runtime.settings.webhook_max_bytes)
         raise
+    except TimeoutError:
+        WEBHOOK_REQUESTS.labels(outcome="timeout").inc()
+        log.warning("webhook rejected", outcome="timeout", content_length=request.content_length)
+        raise HTTPException(status_code=408, detail="request body not received in time") from None
     if runtime.relay is None:  # pragma: no cover - the runtime always starts the relay
         raise UnavailableError("outbox relay", "not started")
     result = await ingest_webhook(
