@@ -31,7 +31,15 @@ from chainfeed.observability.metrics import (
     WEBSOCKET_MESSAGES_SENT,
 )
 
-__all__ = ["PROTOCOL_CLOSE_CODES", "ClientGone", "RecentPage", "ReplayPage", "Session", "Socket"]
+__all__ = [
+    "INBOUND_FRAMES_PER_SECOND",
+    "PROTOCOL_CLOSE_CODES",
+    "ClientGone",
+    "RecentPage",
+    "ReplayPage",
+    "Session",
+    "Socket",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +49,8 @@ ReplayPage = Callable[[int, int], Awaitable[Sequence[tuple[int, str]]]]
 RecentPage = Callable[[int, float], Awaitable[Sequence[tuple[int, str]]]]
 #: Close codes that mean the client broke the protocol (or stopped answering pings).
 PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009, 1011})
+#: Client frames allowed per second (any kind); more closes the connection with 1008.
+INBOUND_FRAMES_PER_SECOND = 50
 #: How long a server-side close may wait for the client to drain what is already buffered.
 CLOSE_TIMEOUT = 10.0
 _PUSH_STAGE = STAGE_DURATION.labels("push")
@@ -131,8 +141,18 @@ class Session:
         return self.conn.close_request[0]
 
     async def _read_loop(self) -> None:
+        window_start, frames = time.monotonic(), 0
         while True:
             text = await self.socket.receive_text()
+            # Inbound flood guard: a browser sends a ping or a resume now and then, never a burst.
+            now = time.monotonic()
+            if now - window_start >= 1.0:
+                window_start, frames = now, 0
+            frames += 1
+            if frames > INBOUND_FRAMES_PER_SECOND:
+                WEBSOCKET_ERRORS.labels("protocol").inc()
+                self.conn.request_close(1008, "too many messages")
+                return
             if text is None:
                 continue
             message = parse_client_message(text)
