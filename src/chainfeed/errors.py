@@ -9,6 +9,7 @@
     │   └── TokenExpired
     ├── ConflictError          uniqueness or limit violated (HTTP 409)
     ├── NotFoundError          the thing does not exist (HTTP 404)
+    ├── RateLimitedError       too many failed attempts (HTTP 429 with Retry-After)
     └── UnavailableError       PostgreSQL or Redis cannot be reached (HTTP 503)
 
 The web layer maps them to answers in one place (``chainfeed.web.errors``).
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "NotFoundError",
+    "RateLimitedError",
     "TokenExpired",
     "UnavailableError",
     "ValidationError",
@@ -66,6 +68,14 @@ class ConflictError(ChainFeedError):
 
 class NotFoundError(ChainFeedError):
     """The addressed resource does not exist for this user."""
+
+
+class RateLimitedError(ChainFeedError):
+    """Too many failed attempts; ``retry_after`` is how many seconds to wait."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many attempts; try again later")
+        self.retry_after = retry_after
 
 
 class UnavailableError(ChainFeedError):

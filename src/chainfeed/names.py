@@ -9,6 +9,8 @@ __all__ = [
     "FEED_ITEM_TYPE",
     "HUB_CHANNEL",
     "INSTANCES_KEY",
+    "LOGIN_IP_PREFIX",
+    "LOGIN_USER_PREFIX",
     "RESYNC_MARKER_CHANNEL",
     "USER_CHANNEL_PREFIX",
     "USER_CONNECTIONS_PREFIX",
@@ -39,6 +41,11 @@ HUB_CHANNEL = "feed:hub"
 #: Subscribed for a moment after the PUB/SUB connection came back: its confirmation, behind the
 #: re-subscriptions, says every channel is live again (nothing is published on it).
 RESYNC_MARKER_CHANNEL = "feed:hub:resubscribed"
+
+
+#: Failed-login counters (fixed windows) per account name and per client IP.
+LOGIN_USER_PREFIX = "ratelimit:login:user:"
+LOGIN_IP_PREFIX = "ratelimit:login:ip:"
 
 
 def user_channel(user_id: int) -> str:

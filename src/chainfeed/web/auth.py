@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import Provide
 from litestar.params import JSONBody
 
 from chainfeed.domain.passwords import hash_password, validate_credentials, verify_password
 from chainfeed.domain.tokens import issue_token
 from chainfeed.errors import AuthError, ValidationError
+from chainfeed.ratelimit import LoginLimiter
 from chainfeed.storage.users import create_user, get_user_by_name
 from chainfeed.web.deps import RuntimeDep, UserDep, provide_user
 
@@ -53,17 +56,26 @@ class AuthController(Controller):
         return _session(user, runtime)
 
     @post("/login", status_code=200)
-    async def login(self, data: JSONBody[Credentials], runtime: RuntimeDep) -> dict[str, object]:
-        """A fresh token for valid credentials; 401 for anything else, without saying which part was wrong."""
+    async def login(
+        self, data: JSONBody[Credentials], runtime: RuntimeDep, request: Request[Any, Any, Any]
+    ) -> dict[str, object]:
+        """A fresh token for valid credentials; 401 for anything else, without saying which part was
+        wrong; 429 with Retry-After after too many failures for the account or from the IP."""
+        limiter = LoginLimiter(runtime.redis)
+        ip = request.client.host if request.client else "unknown"
+        await limiter.check(data.username, ip)
         try:
             username, password = validate_credentials(data.username, data.password)
         except ValidationError:
+            await limiter.failed(data.username, ip)
             raise AuthError("invalid username or password") from None
         user = await get_user_by_name(runtime.pool, username)
         stored = user.password_hash if user else _DUMMY_HASH
         valid = await anyio.to_thread.run_sync(verify_password, password, stored)
         if user is None or not valid:
+            await limiter.failed(username, ip)
             raise AuthError("invalid username or password")
+        await limiter.succeeded(username)
         return _session(user, runtime)
 
 

@@ -16,6 +16,7 @@ from chainfeed.errors import (
     ChainFeedError,
     ConflictError,
     NotFoundError,
+    RateLimitedError,
     UnavailableError,
     ValidationError,
 )
@@ -30,6 +31,7 @@ _STATUS: dict[type[ChainFeedError], int] = {
     AuthError: 401,
     NotFoundError: 404,
     ConflictError: 409,
+    RateLimitedError: 429,
     UnavailableError: 503,
 }
 
@@ -45,6 +47,8 @@ def chainfeed_error(_: Request[Any, Any, Any], exc: ChainFeedError) -> Response[
     """``{"error": message}`` with the status the error kind implies."""
     status = _status_for(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, RateLimitedError):
+        headers = {"Retry-After": str(exc.retry_after)}
     return Response({"error": str(exc)}, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
