@@ -48,7 +48,7 @@ async def serve(
 
             async def healthy() -> bool:
                 if process.returncode is not None:
-                    raise AssertionError(f"server exited early:\n{log_path.read_text()}")
+                    raise AssertionError(f"server exited early; its output is in {log_path}")
                 try:
                     return (await http.get("/readyz")).status_code == 200
                 except httpx.TransportError:
