@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 import jwt
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
