@@ -229,6 +229,18 @@ async def test_duplicate_webhook_deliveries_create_nothing_twice(
     assert report.committed * 2 == report.published
 
 
+async def _pending_of(redis: Redis, consumer: str, within: float = 10.0) -> int:
+    """Entries pending on ``consumer`` once it holds some (0 if none within ``within`` s)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        summary: Any = await redis.xpending("feed:stream", "feed:consumers")
+        held = {c["name"]: int(c["pending"]) for c in summary.get("consumers") or []}
+        if held.get(consumer, 0) > 0:
+            return held[consumer]
+        await asyncio.sleep(0.05)
+    return 0
+
+
 async def test_sigkill_of_an_instance_mid_stream_then_restart(
     own_redis: EmbeddedRedis,
     app_factory: AppFactory,
@@ -244,6 +256,7 @@ async def test_sigkill_of_an_instance_mid_stream_then_restart(
         "CHAINFEED_CLAIM_IDLE_MS": "500",
         "CHAINFEED_STREAM_BLOCK_MS": "200",
         "CHAINFEED_WS_MAX_PER_USER": "10",
+        "CHAINFEED_CONSUMER_NAME": "chaos-b",
     }
     child_settings = replace(a.settings, redis_url=own_redis.url)
     users = await _users(a)
@@ -255,10 +268,16 @@ async def test_sigkill_of_an_instance_mid_stream_then_restart(
         feeder = Feeder(users, [a.base_url, base_url], rate=RATE)
         feeder.start()
         await asyncio.sleep(STEADY)
+        # Freeze it first: its blocked XREADGROUP still takes entries it will never acknowledge.
+        feeder.urls = [a.base_url]
+        process.send_signal(signal.SIGSTOP)
+        held = await _pending_of(direct, "chaos-b")
         process.send_signal(signal.SIGKILL)
         await process.wait()
         target["b"] = a.ws_url  # the killed instance's tabs fail over
-        feeder.urls = [a.base_url]
+    print(f"chaos sigkill-instance: entries pending on the killed instance: {held}")
+    assert held > 0
+    env["CHAINFEED_CONSUMER_NAME"] = "chaos-b2"
     async with served_in_subprocess(child_settings, tmp_path / "b2.log", **env) as (_process, base_url):
         healed = await recovered(db, clients)
         feeder.urls = [a.base_url, base_url]
