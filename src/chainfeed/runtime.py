@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chainfeed import delivery, outbox
 from chainfeed.alchemy_api import AlchemyApi
@@ -55,7 +58,14 @@ class Runtime:
 
 
 def redis_client(url: str) -> Redis:
-    """A Redis client with bounded timeouts, so an outage surfaces as an error, not a hang."""
+    """A Redis client with bounded timeouts, so an outage surfaces as an error, not a hang.
+
+    A command that finds its pooled connection closed is retried (twice, 50 ms then 100 ms) on a
+    fresh one: after a Redis restart every pooled connection is stale, and without a retry each
+    failed its next command once (a webhook 503, a WebSocket 1013, a registry entry left behind).
+    Commands retried this way are safe to repeat: stream entries carry their feed item id and
+    everything else is idempotent or a counter where one extra count does no harm.
+    """
     return Redis.from_url(
         url,
         decode_responses=True,
@@ -63,6 +73,8 @@ def redis_client(url: str) -> Redis:
         socket_timeout=None,
         health_check_interval=30,
         max_connections=256,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.05), 2),
+        retry_on_error=[RedisConnectionError],
     )
 
 
