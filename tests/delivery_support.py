@@ -119,17 +119,17 @@ async def xadd_item(redis: Redis, user_id: int, item_id: int, payload: dict[str,
 
 @asynccontextmanager
 async def served_in_subprocess(
-    settings: Settings, log_path: Path, **env: str
+    settings: Settings, log_path: Path, *args: str, ready_path: str = "/healthz", **env: str
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """``python -m chainfeed serve`` in a child process (its own PID, so it can be SIGKILLed).
+    """``python -m chainfeed serve [args]`` in a child process (its own PID, so it can be SIGKILLed).
 
-    Yields the process and its base URL once /healthz answers; everything it prints goes to
-    ``log_path``. Stopped with SIGTERM (or found dead) on exit.
+    Yields the process and its base URL once ``ready_path`` answers 200; everything it prints goes
+    to ``log_path``. Stopped with SIGTERM (SIGKILL after 15 s), or found dead, on exit.
     """
     database_url, redis_url = settings.require_services()
     port = free_port()
     environ = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
         "CHAINFEED_DATABASE_URL": database_url,
         "CHAINFEED_REDIS_URL": redis_url,
         "CHAINFEED_JWT_SECRET": settings.jwt_secret,
@@ -137,33 +137,24 @@ async def served_in_subprocess(
         "CHAINFEED_LOG_FORMAT": "json",
         **env,
     }
+    command = [sys.executable, "-m", "chainfeed", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with log_path.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "chainfeed",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            env=environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            *command, env=environ, stdout=out, stderr=subprocess.STDOUT
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=2) as http:
 
-            async def healthy() -> bool:
+            async def ready() -> bool:
                 if process.returncode is not None:
                     raise AssertionError(f"server exited early; its output is in {log_path}")
                 try:
-                    return (await http.get("/healthz")).status_code == 200
+                    return (await http.get(ready_path)).status_code == 200
                 except httpx.TransportError:
                     return False
 
-            await eventually(healthy, within=30, interval=0.1)
+            await eventually(ready, within=40, interval=0.1)
         yield process, base_url
     finally:
         if process.returncode is None:
