@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -270,8 +271,14 @@ async def test_sigkill_of_an_instance_mid_stream_then_restart(
         await asyncio.sleep(STEADY)
         # Freeze it first: its blocked XREADGROUP still takes entries it will never acknowledge.
         feeder.urls = [a.base_url]
-        process.send_signal(signal.SIGSTOP)
-        held = await _pending_of(direct, "chaos-b")
+        held = 0
+        for _attempt in range(20):  # it must be frozen inside a blocked read: retry until it is
+            process.send_signal(signal.SIGSTOP)
+            held = await _pending_of(direct, "chaos-b", within=1.5)
+            if held:
+                break
+            process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.1 + random.random() * 0.3)
         process.send_signal(signal.SIGKILL)
         await process.wait()
         target["b"] = a.ws_url  # the killed instance's tabs fail over
