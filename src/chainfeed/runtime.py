@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -66,16 +66,20 @@ def redis_client(url: str) -> Redis:
     Commands retried this way are safe to repeat: stream entries carry their feed item id and
     everything else is idempotent or a counter where one extra count does no harm.
     """
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        # A burst (hundreds of tabs closing at once) waits up to 5 s for one of the 256
+        # connections instead of failing with "Too many connections".
+        max_connections=256,
+        timeout=5,
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=None,
         health_check_interval=30,
-        max_connections=256,
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.05), 2),
         retry_on_error=[RedisConnectionError],
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
 
 @contextlib.asynccontextmanager
