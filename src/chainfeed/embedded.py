@@ -19,6 +19,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -81,13 +82,34 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(log),
             "--protected-mode", "yes",
+            "--pidfile", str(self._pidfile),
         ]  # fmt: skip
+        self._stop_leftover()
         # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server in order.
         self.process = subprocess.Popen(  # noqa: S603
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
         )
         _wait_for_port(self.port, timeout=15, what="Redis", log=log)
         return self.url
+
+    @property
+    def _pidfile(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    def _stop_leftover(self) -> None:
+        """Stop a redis-server left running on this folder by a run that was killed: two servers
+        must never append to one AOF."""
+        try:
+            pid = int(self._pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"redis-server" not in cmdline:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Stop the server (it rewrites nothing: the AOF is already on disk)."""
@@ -124,6 +146,7 @@ class EmbeddedPostgres:
             self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                       "--no-sync")  # fmt: skip
         self._own(self.data_dir)
+        self._stop_leftover()
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories= -c fsync=on"
         self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"),
                   "-o", options, "-w", "-t", "30", "start")  # fmt: skip
@@ -135,6 +158,14 @@ class EmbeddedPostgres:
         """Stop with a fast shutdown (committed data is on disk)."""
         if self._bin is not None and (self.data_dir / "postmaster.pid").exists():
             with contextlib.suppress(subprocess.CalledProcessError):
+                self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
+
+    def _stop_leftover(self) -> None:
+        """Stop a server still running on this data folder from an earlier run that was cut short
+        (it may listen on another port); pg_ctl start would refuse while it runs."""
+        if (self.data_dir / "postmaster.pid").exists():
+            with contextlib.suppress(EmbeddedError):
+                self._run("pg_ctl", "-D", str(self.data_dir), "status")
                 self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
 
     def _create_database(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import signal
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -101,10 +102,15 @@ def _services(settings: Settings, root: Path) -> Iterator[Settings]:
         assert redis_url is not None
         yield settings.with_services(database_url=database_url, redis_url=redis_url)
     finally:
-        if redis:
-            redis.stop()
-        if postgres:
-            postgres.stop()
+        # A second Ctrl-C (or a wrapper forwarding the first one again) must not strand a server.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if redis:
+                redis.stop()
+            if postgres:
+                postgres.stop()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 async def _ensure_demo_user(database_url: str) -> int:
