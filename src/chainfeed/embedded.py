@@ -87,7 +87,11 @@ class EmbeddedRedis:
         self._stop_leftover()
         # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server in order.
         self.process = subprocess.Popen(  # noqa: S603
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # it logs to its logfile; an inherited pipe would outlive us
+            start_new_session=True,
         )
         _wait_for_port(self.port, timeout=15, what="Redis", log=log)
         return self.url
