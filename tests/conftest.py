@@ -77,6 +77,17 @@ def _scratch_database(admin_url: str) -> Iterator[str]:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
+    """A Redis (AOF on) of this test's own, so the test may stop and start it."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
 @pytest.fixture(scope="session")
 async def migrated(service_urls: tuple[str, str]) -> tuple[str, str]:
     """The service URLs, with the schema applied once."""

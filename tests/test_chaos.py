@@ -41,17 +41,6 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
-    """A Redis (AOF on) this test may stop and start."""
-    server = EmbeddedRedis(tmp_path / "redis")
-    await asyncio.to_thread(server.start)
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
-
-
-@pytest.fixture
 async def direct(own_redis: EmbeddedRedis) -> AsyncIterator[Redis]:
     client = Redis.from_url(own_redis.url, decode_responses=True)
     try:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pytest
 from redis.asyncio import Redis
 
 from chainfeed.config import Settings
@@ -32,17 +29,6 @@ from tests.ingest_support import (
 )
 
 ME, ALICE = address(0xA11CE0), address(0xA11CE1)
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
-    """A Redis of this test's own (AOF on), so the test may stop and start it."""
-    server = EmbeddedRedis(tmp_path / "redis")
-    await asyncio.to_thread(server.start)
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def _rows_for(db: asyncpg.Connection, body: dict[str, object]) -> int:
