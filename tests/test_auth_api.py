@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+from prometheus_client import REGISTRY
+
+from chainfeed.domain.ratelimit import DEFAULT_LOGIN_POLICY
 from chainfeed.domain.tokens import issue_token
 from tests.conftest import RunningApp
 
@@ -37,6 +40,31 @@ async def test_login(app: RunningApp) -> None:
         refused = await app.http.post("/api/auth/login", json=creds)
         assert refused.status_code == 401
         assert refused.json() == {"error": "invalid username or password"}
+
+
+def _rate_limited(scope: str) -> float:
+    return REGISTRY.get_sample_value("auth_login_rate_limited_total", {"scope": scope}) or 0.0
+
+
+async def test_a_rate_limited_login_is_429_and_counted_by_scope(app: RunningApp) -> None:
+    """Once the account has its limit of failures, the next login is 429 and
+    ``auth_login_rate_limited_total{scope="account"}`` grows by one per refusal (the IP's not)."""
+    await app.register("mallory-target", "the-right-password")
+    before = {scope: _rate_limited(scope) for scope in ("account", "ip")}
+    for _ in range(DEFAULT_LOGIN_POLICY.per_account.attempts):
+        wrong = await app.http.post(
+            "/api/auth/login", json={"username": "mallory-target", "password": "guess-1234"}
+        )
+        assert wrong.status_code == 401
+    assert _rate_limited("account") == before["account"]
+    for _ in range(2):
+        limited = await app.http.post(
+            "/api/auth/login", json={"username": "mallory-target", "password": "the-right-password"}
+        )
+        assert limited.status_code == 429
+        assert limited.json() == {"error": "too many attempts; try again later"}
+    assert _rate_limited("account") == before["account"] + 2
+    assert _rate_limited("ip") == before["ip"]
 
 
 async def test_malformed_bodies_are_400_with_a_message(app: RunningApp) -> None:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from chainfeed.domain.ratelimit import DEFAULT_LOGIN_POLICY, Limit, LoginPolicy, retry_after
 from chainfeed.errors import RateLimitedError
 from chainfeed.names import LOGIN_IP_PREFIX, LOGIN_USER_PREFIX
+from chainfeed.observability.metrics import AUTH_LOGIN_RATE_LIMITED
 
 __all__ = ["LoginLimiter"]
 
@@ -54,7 +55,8 @@ class LoginLimiter:
             failures, ttl_ms = values[2 * index], values[2 * index + 1]
             wait = retry_after(int(failures or 0), int(ttl_ms), limit)
             if wait is not None:
-                # The HTTP metrics count the 429s; the log says which limit (never the name or IP).
+                # The counter and the log say which limit refused it (never the name or the IP).
+                AUTH_LOGIN_RATE_LIMITED.labels(scope=scope).inc()
                 log.warning("login rate limited", scope=scope, retry_after=wait)
                 raise RateLimitedError(wait)
 

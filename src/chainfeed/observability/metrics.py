@@ -14,6 +14,7 @@ __all__ = [
     "ALCHEMY_SYNC_LAST_SUCCESS",
     "ALCHEMY_SYNC_PENDING",
     "ALCHEMY_SYNC_REQUESTS",
+    "AUTH_LOGIN_RATE_LIMITED",
     "DEAD_LETTERS",
     "DELIVERY_LATENCY",
     "FEED_ITEMS_CREATED",
@@ -103,6 +104,13 @@ ALCHEMY_SYNC_LAST_SUCCESS = Gauge(
     "alchemy_sync_last_success_timestamp_seconds",
     "Unix time of the last successful address update at Alchemy.",
     multiprocess_mode="max",
+)
+
+# --- Auth ------------------------------------------------------------------------------------
+AUTH_LOGIN_RATE_LIMITED = Counter(
+    "auth_login_rate_limited_total",
+    "Logins refused with 429 by the rate limiter, by the limit that refused them (account, ip).",
+    ["scope"],
 )
 
 # --- Latency ---------------------------------------------------------------------------------
