@@ -5,19 +5,25 @@ uvicorn workers), seeds ``--users`` users watching ``--addresses-per-user`` addr
 tenth address has a second watcher) with tokens minted from the JWT secret given to the app, and
 opens their WebSockets from this process (every other user has two tabs). A child process then
 posts ``--rate`` signed Address Activity webhooks a second, ``--activities`` each, for
-``--duration`` s to ``/webhooks/alchemy`` over a few keep-alive httpx connections.
+``--duration`` s to ``/webhooks/alchemy`` over ``--connections`` keep-alive httpx connections
+(a separate process, so its CPU, printed, does not slow the WebSocket clients' clock readings).
+``--app-env NAME=VALUE`` passes a setting to the app (e.g. ``CHAINFEED_STREAM_BATCH=100``).
 
 Webhook i is due at ``start + i / rate`` and is sent then (or as soon as the sender can, if it is
 late). Latencies are measured from that scheduled time, not from when the request actually left,
 so a stalled server or sender cannot hide its own delay (no coordinated omission): the webhook
 response time is scheduled send -> response, the end-to-end latency is scheduled send -> frame
-read by the client. Frames are matched to webhooks by the transaction hash in their payload, and
-to the expected set by the watch lists, so lost frames and duplicates (same frame id twice on one
-tab) are counted exactly. Reports latency percentiles, frames expected/received/lost/duplicated,
-webhook statuses and response times, ingest activities/s achieved, CPU by process (app,
-PostgreSQL, Redis, the WebSocket clients, the sender, anything else on the machine), the app's
-RSS, and the app's own per-stage means from /metrics. Loopback only; bounded by ``--duration``
-plus a drain of at most ``--drain`` s.
+read by the client (both processes read the same system-wide monotonic clock). A request still
+waiting for a connection ``--drain`` s after the last one was due is abandoned and reported as
+such, so a stalled app cannot stall the benchmark.
+
+Frames are matched to webhooks by the transaction hash in their payload, and to the expected set
+by the watch lists, so lost frames and duplicates (a frame id twice on one tab) are counted
+exactly. Reports latency percentiles, frames expected/received/lost/duplicated, webhook statuses
+and response times, ingest activities/s achieved, CPU by process (app, PostgreSQL, Redis, the
+WebSocket clients, the sender, anything else on the machine), the app's RSS, and the app's own
+per-stage means from /metrics. Loopback only; bounded by ``--duration`` plus at most ``--drain``
+s of waiting for the last responses and frames.
 
     uv run python bench/e2e.py                          # 200 webhooks/s x 5 activities, 10 s
     uv run python bench/e2e.py --rate 50 --duration 3   # a quick check
@@ -230,30 +236,42 @@ def _sender_pid() -> int:
     return os.getpid()
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the sender process is told: body i is due at ``start_at + i / rate``."""
+
+    port: int
+    start_at: float
+    rate: float
+    connections: int
+    #: Requests not started by then are abandoned (monotonic time).
+    give_up: float
+
+
 def _send_scheduled(
-    port: int, bodies: list[tuple[bytes, str]], start_at: float, rate: float, connections: int
+    plan: Plan, bodies: list[tuple[bytes, str]]
 ) -> tuple[list[tuple[str, float]], float, float]:
     """In the sender process: ((status, response monotonic time) per body, max lateness s, CPU s)."""
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
-    results, late = asyncio.run(_sender(port, bodies, start_at, rate, connections))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    return results, late, after.ru_utime - cpu.ru_utime + after.ru_stime - cpu.ru_stime
+    before = _rusage()
+    results, late = asyncio.run(_sender(plan, bodies))
+    return results, late, _rusage() - before
 
 
-async def _sender(
-    port: int, bodies: list[tuple[bytes, str]], start_at: float, rate: float, connections: int
-) -> tuple[list[tuple[str, float]], float]:
-    """Body i is posted at ``start_at + i / rate`` (at once when behind: no pause hides a stall)."""
+async def _sender(plan: Plan, bodies: list[tuple[bytes, str]]) -> tuple[list[tuple[str, float]], float]:
+    """Body i is posted when due (at once when behind: no pause hides a stall)."""
     results: list[tuple[str, float]] = [("not sent", 0.0)] * len(bodies)
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, limits=limits) as http:
+    limits = httpx.Limits(max_connections=plan.connections, max_keepalive_connections=plan.connections)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{plan.port}", timeout=10, limits=limits) as http:
         # Requests past the connections wait here, not in httpx's pool, which costs far more CPU per
         # waiting request when the server falls behind. Either way the wait counts in the latency.
-        in_flight = asyncio.Semaphore(connections)
+        in_flight = asyncio.Semaphore(plan.connections)
 
         async def post(i: int, body: bytes, signature: str) -> None:
             headers = {"Content-Type": "application/json", "X-Alchemy-Signature": signature}
             async with in_flight:
+                if time.monotonic() > plan.give_up:
+                    results[i] = ("abandoned", time.monotonic())
+                    return
                 try:
                     response = await http.post("/webhooks/alchemy", content=body, headers=headers)
                     status = str(response.status_code)
@@ -261,10 +279,10 @@ async def _sender(
                     status = type(exc).__name__
             results[i] = (status, time.monotonic())
 
-        await asyncio.gather(*(http.get("/healthz") for _ in range(connections)))  # open the connections
+        await asyncio.gather(*(http.get("/healthz") for _ in range(plan.connections)))  # open the connections
         tasks, late = [], 0.0
         for i, (body, signature) in enumerate(bodies):
-            due = start_at + i / rate
+            due = plan.start_at + i / plan.rate
             if (wait := due - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
             late = max(late, time.monotonic() - due)
@@ -340,19 +358,21 @@ async def _run(args: argparse.Namespace, root: Path, database_url: str, redis_ur
             for tab in tabs:
                 tab.frames.clear()
             metrics_before = _histograms((await http.get("/metrics")).text)
+            measured_from = time.monotonic()
             cpu_before, machine_before, rusage_before = (
                 _cpu_seconds(list(pids.values())),
                 _machine_busy(),
                 _rusage(),
             )
             rss = asyncio.create_task(_sample_rss(app.pid))
-            start_at = time.monotonic() + 0.5
-            results, late, sender_cpu = await loop.run_in_executor(
-                pool, _send_scheduled, port, bodies, start_at, args.rate, args.connections
+            start_at = measured_from + 0.5  # time to hand the bodies to the sender process
+            plan = Plan(
+                port, start_at, args.rate, args.connections, start_at + count / args.rate + args.drain
             )
+            results, late, sender_cpu = await loop.run_in_executor(pool, _send_scheduled, plan, bodies)
             ok = [t for t, (status, _) in zip(transfers, results, strict=True) if status == "200"]
             await _frames_arrive(tabs, _expected(tabs, ok), deadline=time.monotonic() + args.drain)
-            window = time.monotonic() - start_at
+            window = time.monotonic() - measured_from
             cpu_after, machine, bench_cpu = _cpu_seconds(list(pids.values())), _machine_busy(), _rusage()
             rss.cancel()
             rss_samples = await rss
