@@ -314,7 +314,7 @@ def _machine_busy() -> float:
 
 
 def _histograms(text: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each watched histogram series, keyed ``stage`` or ``delivery``."""
+    """(sum, count) of each stage's histogram, and ``entry_to_frame``: stream entry -> frame written."""
     out: dict[str, list[float]] = {}
     for line in text.splitlines():
         for name in _HISTOGRAMS:
@@ -322,7 +322,9 @@ def _histograms(text: str) -> dict[str, tuple[float, float]]:
                 if line.startswith(name + suffix):
                     series, value = line.rsplit(" ", 1)
                     key = (
-                        series.split('stage="', 1)[1].split('"', 1)[0] if 'stage="' in series else "delivery"
+                        series.split('stage="', 1)[1].split('"', 1)[0]
+                        if 'stage="' in series
+                        else "entry_to_frame"
                     )
                     out.setdefault(key, [0.0, 0.0])[slot] += float(value)
     return {k: (v[0], v[1]) for k, v in out.items()}
