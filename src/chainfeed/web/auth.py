@@ -16,6 +16,7 @@ from chainfeed.errors import AuthError, ValidationError
 from chainfeed.ratelimit import LoginLimiter
 from chainfeed.storage.users import create_user, get_user_by_name
 from chainfeed.web.deps import RuntimeDep, UserDep, provide_user
+from chainfeed.web.openapi import error_responses
 
 __all__ = ["AuthController", "MeController"]
 
@@ -47,7 +48,7 @@ class AuthController(Controller):
 
     path = "/api/auth"
 
-    @post("/register", status_code=201)
+    @post("/register", status_code=201, responses=error_responses(400, 409, 413, 503))
     async def register(self, data: JSONBody[Credentials], runtime: RuntimeDep) -> dict[str, object]:
         """Create an account (409 if the name is taken) and return a token for it."""
         username, password = validate_credentials(data.username, data.password)
@@ -55,7 +56,7 @@ class AuthController(Controller):
         user = await create_user(runtime.pool, username, password_hash)
         return _session(user, runtime)
 
-    @post("/login", status_code=200)
+    @post("/login", status_code=200, responses=error_responses(400, 401, 413, 429, 503))
     async def login(
         self, data: JSONBody[Credentials], runtime: RuntimeDep, request: Request[Any, Any, Any]
     ) -> dict[str, object]:
@@ -85,7 +86,7 @@ class MeController(Controller):
     path = "/api/me"
     dependencies = {"user": Provide(provide_user)}  # noqa: RUF012
 
-    @get()
+    @get(responses=error_responses(401, 503))
     async def me(self, user: UserDep) -> dict[str, object]:
         """The user the token belongs to."""
         return user.public()

@@ -10,6 +10,7 @@ from litestar.params import QueryParameter
 
 from chainfeed.storage.feed import feed_page
 from chainfeed.web.deps import RuntimeDep, UserDep, provide_user
+from chainfeed.web.openapi import error_responses
 
 __all__ = ["FeedController"]
 
@@ -20,7 +21,7 @@ class FeedController(Controller):
     path = "/api/feed"
     dependencies = {"user": Provide(provide_user)}  # noqa: RUF012
 
-    @get()
+    @get(responses=error_responses(400, 401, 503))
     async def page(
         self,
         user: UserDep,

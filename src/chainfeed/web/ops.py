@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from litestar import Response, get
+import msgspec
+from litestar import MediaType, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.prometheus import PrometheusController
 
 from chainfeed.web.deps import RuntimeDep
@@ -17,6 +19,20 @@ class MetricsController(PrometheusController):
 
     path = "/metrics"
 
+    @get(media_type=MediaType.TEXT, description="Prometheus text exposition format.")
+    async def get(self) -> Response[bytes]:
+        """The parent's handler, declared with the content type it really sends (not JSON)."""
+        response: Response[bytes] = await PrometheusController.get.fn(self)
+        return response
+
+
+class Readiness(msgspec.Struct):
+    """The body of ``/readyz``: each check ``ok`` or ``failing``; on 503 the failing ones named."""
+
+    status: str
+    checks: dict[str, str]
+    failing: list[str] | None = None
+
 
 @get("/healthz", sync_to_thread=False)
 def healthz() -> dict[str, str]:
@@ -24,7 +40,19 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz")
+@get(
+    "/readyz",
+    responses={
+        200: ResponseSpec(
+            data_container=Readiness, description="Every part answers.", generate_examples=False
+        ),
+        503: ResponseSpec(
+            data_container=Readiness,
+            description="A part does not answer; `failing` names it.",
+            generate_examples=False,
+        ),
+    },
+)
 async def readyz(runtime: RuntimeDep) -> Response[dict[str, object]]:
     """200 when every registered part answers; 503 naming each part that does not."""
     names = list(runtime.checks)

@@ -21,6 +21,7 @@ from chainfeed.errors import UnavailableError
 from chainfeed.ingest import ingest_webhook, reject_too_large
 from chainfeed.observability.metrics import WEBHOOK_REQUESTS
 from chainfeed.web.deps import RuntimeDep
+from chainfeed.web.openapi import error_responses
 
 __all__ = ["ROUTES"]
 
@@ -32,7 +33,7 @@ BODY_READ_TIMEOUT = 10.0
 log = structlog.get_logger(__name__)
 
 
-@post("/webhooks/alchemy", status_code=200)
+@post("/webhooks/alchemy", status_code=200, responses=error_responses(400, 401, 408, 413, 503))
 async def alchemy_webhook(request: Request[Any, Any, Any], runtime: RuntimeDep) -> dict[str, int]:
     """Store one Address Activity delivery; ``{"activities": n, "new_feed_items": m}``."""
     try:
