@@ -14,6 +14,10 @@ from chainfeed.web.openapi import error_responses
 
 __all__ = ["FeedController"]
 
+#: Feed item ids are PostgreSQL bigints: a larger cursor is the client's mistake (400), and must
+#: not reach the driver (which overflows: 500).
+_MAX_ID = 2**63 - 1
+
 
 class FeedController(Controller):
     """Items newest first, each shaped like the WebSocket frame, paged by ``before``."""
@@ -27,7 +31,7 @@ class FeedController(Controller):
         user: UserDep,
         runtime: RuntimeDep,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-        before: Annotated[int | None, QueryParameter(ge=1)] = None,
+        before: Annotated[int | None, QueryParameter(ge=1, le=_MAX_ID)] = None,
     ) -> dict[str, Any]:
         """One page and the cursor for the next (``null`` at the end)."""
         items, next_before = await feed_page(runtime.pool, user.id, limit=limit, before=before)
