@@ -98,6 +98,8 @@ class Figures:
     after_response_p99_ms: float
     window_seconds: float
     cpu_percent: dict[str, float]
+    #: CPU ms per activity ingested, by process: hardly disturbed by what else runs on the machine.
+    cpu_ms_per_activity: dict[str, float]
     generator_share_percent: float
     cores: int
     app_rss_max_mib: float
@@ -485,6 +487,10 @@ def _figures(
         after_response_p99_ms=_pct(after_response, 0.99),
         window_seconds=round(window, 2),
         cpu_percent={kind: round(value) for kind, value in cpu.items()},
+        cpu_ms_per_activity={
+            kind: round(10 * cpu[kind] * window / max(1, args.activities * len(answered)), 3)
+            for kind in ("app", "postgres", "redis", "ws clients", "sender")
+        },
         generator_share_percent=round(100 * (cpu["ws clients"] + cpu["sender"]) / max(cpu["machine"], 1e-9)),
         cores=os.cpu_count() or 0,
         app_rss_max_mib=max(rss, default=0.0),
@@ -586,6 +592,8 @@ def _print(f: Figures) -> None:
     )
     cpu = " · ".join(f"{kind} {pct}%" for kind, pct in f.cpu_percent.items())
     print(f"  CPU        {cpu} (100% = one core, over {f.window_seconds} s)")
+    per_activity = " · ".join(f"{kind} {ms}" for kind, ms in f.cpu_ms_per_activity.items())
+    print(f"             CPU ms per activity: {per_activity}")
     print(f"  generator  {f.generator_share_percent}% of the machine's busy CPU (ws clients + sender)")
     print(f"  app RSS    max {f.app_rss_max_mib} MiB · end {f.app_rss_end_mib} MiB")
     stages = " · ".join(f"{stage} {ms} ms" for stage, ms in sorted(f.stage_mean_ms.items()))
