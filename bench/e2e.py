@@ -123,6 +123,7 @@ class Tab:
                 self.open.set()
                 async for message in ws:
                     self.frames.append((time.monotonic(), message))
+                self.closed = str(ws.close_code)  # the server closed it cleanly (1000, 1001)
         except ConnectionClosed as exc:
             self.closed = f"{exc.rcvd.code if exc.rcvd else 'no close frame'}"
         except OSError as exc:
