@@ -14,6 +14,7 @@ unacknowledged entry), beats this instance's heartbeat and removes consumers tha
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections import OrderedDict
@@ -26,6 +27,7 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from chainfeed.domain.entries import PoisonEntry, entry_millis, parse_entry
@@ -164,11 +166,11 @@ class Consumer:
                 continue
             acks.append(entry_id)
         _CONSUME_STAGE.observe(time.perf_counter() - started)
-        if messages:
+        if messages or acks:
+            # One round trip: the publishes, then XACK of the batch behind them.
             started = time.perf_counter()
-            await _fan_out(self._redis, messages)
+            await _fan_out(self._redis, messages, then=functools.partial(self.group.ack_in, entry_ids=acks))
             _FANOUT_STAGE.observe(time.perf_counter() - started)
-        await self.group.ack(acks)
         if letters:
             await self.group.dead_letter(self._settings.dead_letter_stream, letters)
             DEAD_LETTERS.inc(len(letters))
@@ -188,47 +190,53 @@ class Consumer:
             raise UnavailableError("consumer", "has not polled the stream recently")
 
     async def _prepare(self, entry_id: str, fields: dict[str, str]) -> Prepared:
-        """What delivers the entry (its frame, encoded once); raises when it cannot be delivered."""
+        """What delivers the entry (its frame, encoded once); raises when it cannot be delivered.
+
+        With spans going nowhere (no exporter) no CONSUMER span is made: on the hot path it cost
+        more than the rest of the entry's handling.
+        """
+        if not recording():
+            return await self._build(entry_id, fields, trace.INVALID_SPAN_CONTEXT)
         group = self.group
-        with (
-            structlog.contextvars.bound_contextvars(entry_id=entry_id),
-            tracer.start_as_current_span(
-                f"deliver {group.stream}",
-                context=extract_context(fields),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "redis",
-                    "messaging.destination.name": group.stream,
-                    "messaging.consumer.group.name": group.group,
-                    "messaging.operation.type": "process",
-                    "messaging.message.id": entry_id,
-                },
-            ) as span,
-        ):
-            item = parse_entry(entry_id, fields)
-            entry_ms = entry_millis(entry_id)
-            if item.feed_item_id is not None:
-                item_id = item.feed_item_id
-                created_at = item.created_at or datetime.fromtimestamp(entry_ms / 1000, UTC).isoformat()
-            else:
-                stored = await persist_entry(
-                    self._pool,
-                    entry_id=entry_id,
-                    user_id=item.user_id,
-                    type_=item.type,
-                    payload_json=item.payload_json,
-                )
-                if stored is None:
-                    raise PoisonEntry(f"user {item.user_id} does not exist")
-                item_id, created_at = stored[0], stored[1].isoformat()
-            frame = encode_frame(
-                item_id=item_id,
+        with tracer.start_as_current_span(
+            f"deliver {group.stream}",
+            context=extract_context(fields),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "redis",
+                "messaging.destination.name": group.stream,
+                "messaging.consumer.group.name": group.group,
+                "messaging.operation.type": "process",
+                "messaging.message.id": entry_id,
+            },
+        ) as span:
+            return await self._build(entry_id, fields, span.get_span_context())
+
+    async def _build(self, entry_id: str, fields: dict[str, str], context: SpanContext) -> Prepared:
+        item = parse_entry(entry_id, fields)
+        entry_ms = entry_millis(entry_id)
+        if item.feed_item_id is not None:
+            item_id = item.feed_item_id
+            created_at = item.created_at or datetime.fromtimestamp(entry_ms / 1000, UTC).isoformat()
+        else:
+            stored = await persist_entry(
+                self._pool,
+                entry_id=entry_id,
                 user_id=item.user_id,
-                created_at=created_at,
                 type_=item.type,
                 payload_json=item.payload_json,
             )
-            return user_channel(item.user_id), item_id, entry_ms, frame, span.get_span_context()
+            if stored is None:
+                raise PoisonEntry(f"user {item.user_id} does not exist")
+            item_id, created_at = stored[0], stored[1].isoformat()
+        frame = encode_frame(
+            item_id=item_id,
+            user_id=item.user_id,
+            created_at=created_at,
+            type_=item.type,
+            payload_json=item.payload_json,
+        )
+        return user_channel(item.user_id), item_id, entry_ms, frame, context
 
     async def _initialize(self) -> None:
         created = await self.group.ensure()
@@ -260,15 +268,17 @@ class Consumer:
             self._errors.popitem(last=False)
 
 
-async def _fan_out(redis: Redis, messages: Sequence[Prepared]) -> None:
+async def _fan_out(
+    redis: Redis, messages: Sequence[Prepared], *, then: Callable[[Pipeline], object] | None = None
+) -> None:
     """PUBLISH the batch in one PRODUCER span; each push carries the trace context it continues.
 
     The span is a child of the first entry's CONSUMER span and links every entry's. A push from
     the same trace continues this span; any other continues its own entry's CONSUMER span. When
     spans go nowhere (no exporter), pushes carry no trace context and the hubs start no span.
     """
-    if not recording():
-        await publish(redis, [(m[0], pack_push(m[1], m[2], m[3])) for m in messages])
+    if not recording() or not messages:
+        await publish(redis, [(m[0], pack_push(m[1], m[2], m[3])) for m in messages], then=then)
         return
     first = messages[0][4]
     with tracer.start_as_current_span(
@@ -300,6 +310,7 @@ async def _fan_out(redis: Redis, messages: Sequence[Prepared]) -> None:
                 )
                 for channel, item_id, entry_ms, frame, context in messages
             ],
+            then=then,
         )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import Pipeline, PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -73,13 +73,21 @@ return now_ms
 """
 
 
-async def publish(redis: Redis, messages: Sequence[tuple[str, str]]) -> None:
-    """PUBLISH ``(channel, message)`` pairs in one round trip; raises if any could not be sent."""
-    if not messages:
+async def publish(
+    redis: Redis, messages: Sequence[tuple[str, str]], *, then: Callable[[Pipeline], object] | None = None
+) -> None:
+    """PUBLISH ``(channel, message)`` pairs in one round trip; raises if any could not be sent.
+
+    ``then`` adds commands behind the publishes in the same round trip (the consumer's XACK):
+    Redis runs them in order, so they run only once every publish went out.
+    """
+    if not messages and then is None:
         return
     pipe = redis.pipeline(transaction=False)
     for channel, message in messages:
         pipe.publish(channel, message)
+    if then is not None:
+        then(pipe)
     await pipe.execute()
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 __all__ = ["Claimed", "ConsumerGroup", "Entry", "StreamStats"]
@@ -198,6 +199,11 @@ class ConsumerGroup:
         """Acknowledge handled entries (one call for the whole batch)."""
         if entry_ids:
             await self.redis.xack(self.stream, self.group, *entry_ids)
+
+    def ack_in(self, pipe: Pipeline, entry_ids: Sequence[str]) -> None:
+        """Queue the acknowledgement of ``entry_ids`` on ``pipe`` (sent with what precedes it)."""
+        if entry_ids:
+            pipe.xack(self.stream, self.group, *entry_ids)
 
     async def dead_letter(
         self, dead_letter_stream: str, letters: Sequence[tuple[str, dict[str, str]]]
