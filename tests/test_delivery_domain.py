@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
 from chainfeed.domain.entries import PoisonEntry, entry_millis, parse_entry
 from chainfeed.domain.frames import (
@@ -17,6 +19,7 @@ from chainfeed.domain.frames import (
     pack_push,
     parse_client_message,
     parse_since,
+    text_frame,
     unpack,
 )
 
@@ -121,3 +124,23 @@ def test_client_messages(text: str, message: object) -> None:
 )
 def test_since_is_a_feed_item_id(raw: object, since: int | None) -> None:
     assert parse_since(raw) == since
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_a_prebuilt_text_frame_is_what_a_websocket_client_parses(size: int) -> None:
+    """The hub writes these bytes to every tab itself: a real parser must read one whole frame."""
+    text = "é" * (size // 2) + "x" * (size % 2)
+    reader = StreamReader()
+    reader.feed_data(text_frame(text))
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame = done.value
+    else:  # pragma: no cover - the parser wanted more bytes than the frame has
+        pytest.fail("incomplete frame")
+    assert frame.opcode is Opcode.TEXT
+    assert frame.fin
+    assert not frame.rsv1
+    assert frame.data.decode() == text
+    assert not reader.buffer

@@ -1,10 +1,12 @@
 """The WebSocket hub: this process's connections per user, their bounded send queues, and fan-out.
 
 Pushes reach the hub from the user's PUB/SUB channel (:mod:`chainfeed.fanout`), already encoded:
-:meth:`Hub.dispatch` puts that one text on the queue of every local tab of the user, without
-ever waiting. A queue that is full means its client does not read: that connection is closed
-with 4408 and nobody else notices. Each queue is drained by its connection's own writer
-(:mod:`chainfeed.session`).
+:meth:`Hub.dispatch` hands that one text to every local tab of the user, without ever waiting.
+A tab whose writer is idle (nothing queued, live, its socket writable) gets the frame written at
+once: serialized once per push, the same bytes for every tab (:attr:`Connection.direct`). Any
+other tab gets it queued, in order behind what is waiting; a queue that is full means its client
+does not read: that connection is closed with 4408 and nobody else notices. Each queue is drained
+by its connection's own writer (:mod:`chainfeed.session`).
 
 Limits: ``ws_max_total`` per process (a new connection over it is refused with 1013) and
 ``ws_max_per_user`` across all instances (the oldest connection of the user is closed with 4429,
@@ -16,18 +18,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 from redis.asyncio import Redis
 
-from chainfeed.domain.frames import Evict, Push, unpack
+from chainfeed.domain.frames import Evict, Push, text_frame, unpack
 from chainfeed.fanout import Presence, Subscriber
 from chainfeed.names import HUB_CHANNEL, USER_CHANNEL_PREFIX, user_channel
 from chainfeed.observability.metrics import (
+    DELIVERY_LATENCY,
+    STAGE_DURATION,
     WEBSOCKET_ACTIVE_CONNECTIONS,
     WEBSOCKET_CONNECTION_DURATION,
     WEBSOCKET_ERRORS,
+    WEBSOCKET_MESSAGES_SENT,
 )
 from chainfeed.observability.tracing import push_span
 
@@ -42,6 +48,7 @@ SUBSCRIBE_TIMEOUT = 5.0
 #: Queued on every connection when PUB/SUB pushes may have been missed (the subscriber
 #: reconnected): its session re-sends from PostgreSQL what came after its last frame.
 RESYNC: Outgoing = (None, -1, 0.0, "")
+_PUSH_STAGE = STAGE_DURATION.labels("push")
 
 
 @dataclass(eq=False)
@@ -57,6 +64,16 @@ class Connection:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     #: The token-expiry timer; set once the connection is fully open (registered and counted).
     expiry: asyncio.TimerHandle | None = None
+    #: Writes a serialized frame to the socket now (False: it cannot, queue it). Set by the
+    #: session only while its writer is idle and live, so a direct write never overtakes a frame.
+    direct: Callable[[bytes], bool] | None = None
+    #: The highest feed item id sent on this connection (None: none yet), for re-syncs.
+    last_sent: int | None = None
+
+    def note_sent(self, item_id: int) -> None:
+        """Remember ``item_id`` went out (a re-sync starts after the highest)."""
+        if self.last_sent is None or item_id > self.last_sent:
+            self.last_sent = item_id
 
     def offer(self, item: Outgoing) -> None:
         """Queue a frame without waiting; a full queue closes the connection as a slow consumer."""
@@ -192,11 +209,27 @@ class Hub:
             user = self._users.get(int(user_id)) if user_id.isdigit() else None
             if user is None:
                 return
-            item: Outgoing = (decoded.item_id, decoded.entry_ms, time.monotonic(), decoded.frame)
+            arrived = time.monotonic()
+            item: Outgoing = (decoded.item_id, decoded.entry_ms, arrived, decoded.frame)
             connections = user.connections
             with push_span(decoded.traceparent, item_id=decoded.item_id, connections=len(connections)):
+                wire: bytes | None = None
+                written = 0
                 for conn in connections.values():
+                    direct = conn.direct
+                    if direct is not None and conn.close_request is None and conn.queue.empty():
+                        if wire is None:
+                            wire = text_frame(decoded.frame)
+                        if direct(wire):
+                            conn.note_sent(decoded.item_id)
+                            written += 1
+                            continue
                     conn.offer(item)
+                if written:  # counted once per push, not per tab (the hot path)
+                    WEBSOCKET_MESSAGES_SENT.inc(written)
+                    if decoded.entry_ms:
+                        DELIVERY_LATENCY.observe(max(0.0, time.time() - decoded.entry_ms / 1000))
+                    _PUSH_STAGE.observe(time.monotonic() - arrived)
         elif isinstance(decoded, Evict):
             evicted = self._connections.get(decoded.connection_id)
             if evicted is not None:

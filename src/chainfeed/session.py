@@ -9,7 +9,9 @@ newer than the replay shows the overlap is over. A frame pushed live before a re
 still arrive twice: delivery is at least once, and ``id`` lets the client drop repeats.
 
 One writer task per connection drains the queue, so the socket has one sender at a time (the
-replay runs only while the writer is stopped).
+replay runs only while the writer is stopped). While the writer is idle (queue empty, no replay
+overlap left to skip) it lends the socket's direct writer to the hub, which then writes pushes
+itself, with no task switch per frame; the writer takes it back before it sends anything.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class ClientGone(Exception):  # an event, not a fault of ours
 class Socket(Protocol):
     """What a session needs of a WebSocket (the web layer adapts its framework's socket)."""
 
+    #: Writes a serialized text frame synchronously (False: not now); None when unsupported.
+    direct: Callable[[bytes], bool] | None
+
     async def send_text(self, text: str) -> None:
         """Send one text frame; raise ClientGone when the connection is closed."""
 
@@ -94,8 +99,6 @@ class Session:
         self._late = late
         self._recent = recent
         self._opened = time.time()
-        #: The highest feed item id sent on this connection (None: none yet), for re-syncs.
-        self._last_sent: int | None = None
         self._writer: asyncio.Task[None] | None = None
         #: Ids the last replay sent, skipped when they also arrive live (None: nothing to skip).
         self._skip: set[int] | None = None
@@ -182,26 +185,22 @@ class Session:
         self._skip = replayed or None
         self._skip_max = after
         if replayed:
-            self._note_sent(max(replayed))
-
-    def _note_sent(self, item_id: int) -> None:
-        if self._last_sent is None or item_id > self._last_sent:
-            self._last_sent = item_id
+            self.conn.note_sent(max(replayed))
 
     async def _resync(self) -> None:
         """Live pushes may have been lost (PUB/SUB reconnected): re-send what followed the last one."""
-        if self._last_sent is not None:
-            await self._replay(self._last_sent)
+        if self.conn.last_sent is not None:
+            await self._replay(self.conn.last_sent)
             return
         if self._recent is None:
             return
         page = await self._recent(self.conn.user_id, self._opened)
         for item_id, frame in page:
             await self.socket.send_text(frame)
-            self._note_sent(item_id)
+            self.conn.note_sent(item_id)
         WEBSOCKET_MESSAGES_SENT.inc(len(page))
         self._skip = {item_id for item_id, _ in page} or None
-        self._skip_max = self._last_sent or 0
+        self._skip_max = self.conn.last_sent or 0
 
     def _start_writer(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.conn.id}")
@@ -213,11 +212,16 @@ class Session:
             await asyncio.gather(writer, return_exceptions=True)
 
     async def _write_loop(self) -> None:
-        queue = self.conn.queue
+        conn = self.conn
+        queue = conn.queue
         send = self.socket.send_text
+        direct = self.socket.direct
         try:
             while True:
+                if direct is not None and self._skip is None and queue.empty():
+                    conn.direct = direct  # idle and live: the hub may write for us
                 item_id, entry_ms, arrived, text = await queue.get()
+                conn.direct = None
                 if entry_ms < 0:  # hub.RESYNC
                     await self._resync()
                     continue
@@ -228,7 +232,7 @@ class Session:
                         continue
                 await send(text)
                 if item_id is not None:
-                    self._note_sent(item_id)
+                    self.conn.note_sent(item_id)
                 WEBSOCKET_MESSAGES_SENT.inc()
                 if entry_ms:
                     DELIVERY_LATENCY.observe(max(0.0, time.time() - entry_ms / 1000))
@@ -238,3 +242,5 @@ class Session:
         except Exception:
             log.exception("websocket writer failed", user_id=self.conn.user_id)
             self.conn.request_close(1011, "internal error")
+        finally:
+            conn.direct = None

@@ -6,6 +6,11 @@ ASGI cannot express two things the SPEC needs, so they live at the protocol leve
   close frame; uvicorn's own protocol sends 1012 and drops the connection at once.
 - A handshake the parser refuses (a request line over 8 KiB) is answered (414) and closed;
   uvicorn would leave the client hanging.
+- The hub's fast path: a pre-serialized text frame, built once per push and shared by every tab of
+  the user, is written straight to the transport (:meth:`WebSocketProtocol.write_frame`, offered to
+  the app as the ASGI scope extension ``DIRECT_SEND``), skipping the per-frame ASGI round trip and
+  per-tab serialization. It is never compressed: RFC 7692 lets a sender leave any message
+  uncompressed, and a small live push gains little from deflate and costs the most CPU.
 - The heartbeat is protocol-level ping/pong (uvicorn's keepalive, every
   CHAINFEED_WS_PING_INTERVAL s; no pong within CHAINFEED_WS_PONG_TIMEOUT s closes with 1011).
   Browsers answer pings by themselves, so no client code is needed. When a client misses its
@@ -14,13 +19,40 @@ ASGI cannot express two things the SPEC needs, so they live at the protocol leve
 
 from __future__ import annotations
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from typing import Any
 
-__all__ = ["WebSocketProtocol"]
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+__all__ = ["DIRECT_SEND", "WebSocketProtocol"]
+
+#: ASGI scope extension holding :meth:`WebSocketProtocol.write_frame` of the connection.
+DIRECT_SEND = "chainfeed.direct_send"
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """``websockets-sansio`` with a 1001 shutdown and a keepalive timeout the app hears about."""
+
+    def handle_connect(self, event: Any) -> None:
+        """As uvicorn, plus the direct writer in the scope of an accepted handshake."""
+        super().handle_connect(event)
+        scope: Any = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][DIRECT_SEND] = self.write_frame
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write a complete serialized text frame now; False when it has to wait in the queue.
+
+        It waits when the connection is not open (closing, closed) or the transport's buffer is
+        over its high-water mark (a slow reader: the send queue and its 4408 limit take over).
+        """
+        if self.close_sent or not self.writable.is_set() or self.conn.state is not State.OPEN:
+            return False
+        transport = self.transport
+        if transport.is_closing():
+            return False
+        transport.write(frame)
+        return True
 
     def shutdown(self) -> None:
         """Close an open WebSocket with 1001; anything else as uvicorn does."""

@@ -30,6 +30,7 @@ __all__ = [
     "pack_push",
     "parse_client_message",
     "parse_since",
+    "text_frame",
     "unpack",
 ]
 
@@ -85,6 +86,23 @@ def encode_frame(*, item_id: int, user_id: int, created_at: str, type_: str, pay
 def encode_item(item: dict[str, Any]) -> str:
     """The JSON text of a frame-shaped dict (a replayed feed item from PostgreSQL)."""
     return msgspec.json.encode(item).decode()
+
+
+def text_frame(text: str) -> bytes:
+    """``text`` as one complete, unmasked, uncompressed WebSocket text frame (RFC 6455, 5.2).
+
+    Server frames are never masked, so the same bytes serve every connection: the hub builds
+    them once per push and writes them to each tab.
+    """
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
 
 
 def pack_push(item_id: int, entry_ms: int, frame: str, traceparent: str | None = None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -28,6 +29,7 @@ from chainfeed.runtime import Runtime
 from chainfeed.session import ClientGone, Session
 from chainfeed.storage.users import get_user
 from chainfeed.web.deps import RuntimeDep
+from chainfeed.wsprotocol import DIRECT_SEND
 
 __all__ = ["ROUTES"]
 
@@ -39,6 +41,9 @@ class _Socket:
 
     def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
         self._socket = socket
+        #: The protocol's synchronous frame writer (uvicorn with our protocol only).
+        extensions: dict[Any, Any] = socket.scope.get("extensions") or {}
+        self.direct: Callable[[bytes], bool] | None = extensions.get(DIRECT_SEND)
 
     async def send_text(self, text: str) -> None:
         try:
