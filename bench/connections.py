@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -120,6 +121,7 @@ class Level:
     frames_received: int
     missed: int
     duplicates: int
+    disconnect_all_seconds: float
     notes: list[str] = field(default_factory=list)
 
 
@@ -432,6 +434,23 @@ def _cpu_seconds(pid: int, *, recursive: bool = True) -> float:
     return total
 
 
+def _log_errors(path: Path) -> list[str]:
+    """One note per distinct error (or warning) event in the app's JSON log, with its count."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if "Error" in line or "error" in line:
+                counts[f"(not JSON) {line[:120]}"] += 1
+            continue
+        if isinstance(record, dict) and record.get("level") in ("error", "critical", "warning"):
+            detail = record.get("exception", record.get("error", ""))
+            last = str(detail).strip().splitlines()[-1:] if detail else []
+            counts[f"{record['level']}: {record.get('event')} {' '.join(last)[:160]}".strip()] += 1
+    return [f"app log, {count} x {event}" for event, count in counts.most_common(8)]
+
+
 def _listen_overflows() -> int:
     """The kernel's count of connections dropped because an accept queue was full (TcpExt ListenOverflows)."""
     lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
@@ -457,10 +476,14 @@ async def _active(http: httpx.AsyncClient) -> int:
     return 0
 
 
-async def _wait_active(http: httpx.AsyncClient, target: int, seconds: float) -> bool:
+async def _wait_active(
+    http: httpx.AsyncClient, target: int, seconds: float, *, at_most: bool = False
+) -> bool:
+    """Wait until the app shows at least ``target`` connections (or at most, with ``at_most``)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if await _active(http) >= target:
+        active = await _active(http)
+        if (active <= target) if at_most else (active >= target):
             return True
         await asyncio.sleep(0.2)
     return False
@@ -674,19 +697,20 @@ async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
                 if backlog == 0 and sum(r["missing"] for r in replies) == 0:
                     break
                 await asyncio.sleep(0.5)
+            # Every client leaves at once; the app is stopped only once it has let them all go.
+            closed_at = time.monotonic()
             await children.ask({"cmd": "close"})
+            left = await _wait_active(http, 0, seconds=120, at_most=True)
+            disconnect_seconds = time.monotonic() - closed_at
+            if not left:
+                notes.append(f"{await _active(http)} connections still registered 120 s after all left")
     finally:
         if producer_task is not None:
             producer_task.cancel()
             await asyncio.gather(producer_task, return_exceptions=True)
         await pool.close()
         app.stop()
-    errors = sum(
-        '"level": "error"' in line
-        for line in (root / f"app-{requested}.log").read_text(errors="replace").splitlines()
-    )
-    if errors:
-        notes.append(f"{errors} error lines in the app's log")
+    notes += _log_errors(root / f"app-{requested}.log")
     return Level(
         requested=requested,
         connections=n,
@@ -731,6 +755,7 @@ async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
         frames_received=sum(r["received"] for r in replies),
         missed=sum(r["missing"] for r in replies),
         duplicates=sum(r["duplicates"] for r in replies),
+        disconnect_all_seconds=round(disconnect_seconds, 1),
         notes=notes,
     )
 
