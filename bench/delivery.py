@@ -198,14 +198,15 @@ class Phase:
     generator_cpu_share: float
     app_rss_mib: float
     seconds: float
+    app_system_share: float = 0.0
 
 
-def _cpu(processes: list[psutil.Process]) -> float:
+def _cpu(processes: list[psutil.Process], *, system_only: bool = False) -> float:
     total = 0.0
     for process in processes:
         with contextlib.suppress(psutil.Error):
             times = process.cpu_times()
-            total += times.user + times.system
+            total += times.system if system_only else times.user + times.system
     return total
 
 
@@ -423,6 +424,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
                 await asyncio.sleep(1.0)
                 sent_before = _metric((await http.get("/metrics")).text, "websocket_messages_sent_total")
                 app_cpu, redis_cpu = _cpu(app_processes), _cpu(redis_process)
+                app_system = _cpu(app_processes, system_only=True)
                 generator_cpu = _cpu([me, *client_processes])
                 started = time.monotonic()
                 sent = await publisher.run(index, rate, duration)
@@ -435,6 +437,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
                     await asyncio.sleep(0.05)
                 seconds = time.monotonic() - started
                 app_cpu = _cpu(app_processes) - app_cpu
+                app_system = _cpu(app_processes, system_only=True) - app_system
                 redis_cpu = _cpu(redis_process) - redis_cpu
                 generator_cpu = _cpu([me, *client_processes]) - generator_cpu
                 rss = sum(p.memory_info().rss for p in app_processes if p.is_running()) / 2**20
@@ -461,6 +464,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
                         round(generator_cpu / max(seconds, 1e-9), 2),
                         round(rss, 1),
                         round(seconds, 2),
+                        round(app_system / max(app_cpu, 1e-9), 2),
                     )
                 )
                 print(f"phase {name}: {len(sent)} entries, {expected} frames expected", file=sys.stderr)

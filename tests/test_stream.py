@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -10,10 +11,21 @@ from redis.asyncio import Redis
 from chainfeed.stream import ConsumerGroup
 
 STREAM, GROUP = "feed:stream", "feed:consumers"
+_opened: list[ConsumerGroup] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_consumers() -> AsyncIterator[None]:
+    """Each consumer holds its own connection for its hot commands: close them after the test."""
+    yield
+    while _opened:
+        await _opened.pop().wire.close()
 
 
 def consumer(redis: Redis, name: str) -> ConsumerGroup:
-    return ConsumerGroup(redis, stream=STREAM, group=GROUP, consumer=name)
+    group = ConsumerGroup(redis, stream=STREAM, group=GROUP, consumer=name)
+    _opened.append(group)
+    return group
 
 
 async def add(redis: Redis, count: int) -> list[str]:

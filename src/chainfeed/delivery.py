@@ -14,7 +14,6 @@ unacknowledged entry), beats this instance's heartbeat and removes consumers tha
 from __future__ import annotations
 
 import asyncio
-import functools
 import secrets
 import time
 from collections import OrderedDict
@@ -27,14 +26,13 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from chainfeed.domain.entries import PoisonEntry, entry_millis, parse_entry
 from chainfeed.domain.frames import encode_frame, encode_item, pack_push
 from chainfeed.domain.retry import Verdict, after_failure, dead_letter_fields, exhausted
 from chainfeed.errors import UnavailableError
-from chainfeed.fanout import Presence, publish
+from chainfeed.fanout import Presence
 from chainfeed.hub import Hub
 from chainfeed.names import USER_CHANNEL_PREFIX, user_channel
 from chainfeed.observability.metrics import (
@@ -50,7 +48,7 @@ from chainfeed.observability.tracing import extract_context, format_traceparent,
 from chainfeed.storage.delivery import persist_entry
 from chainfeed.storage.feed import feed_committed_late, feed_published_since, feed_since
 from chainfeed.storage.pool import POSTGRES_DOWN
-from chainfeed.stream import ConsumerGroup
+from chainfeed.stream import Command, ConsumerGroup
 
 if TYPE_CHECKING:
     from chainfeed.config import Settings
@@ -92,16 +90,28 @@ class Consumer:
 
     async def run(self) -> None:
         """Worker: create the group, then XREADGROUP -> handle -> XACK, for ever."""
+        try:
+            await self._consume()
+        finally:
+            await self.group.wire.close()
+
+    async def _consume(self) -> None:
         settings = self._settings
         await self._retrying(self._initialize)
+        outgoing: list[Command] = []
         while True:
             try:
+                # The last batch's PUBLISHes and XACK go out in the same write as the next read:
+                # one wake-up of Redis (and of this process) per batch instead of two.
+                sending, outgoing = outgoing, []
                 entries = await self.group.read(
-                    count=settings.stream_batch, block_ms=settings.stream_block_ms
+                    count=settings.stream_batch, block_ms=settings.stream_block_ms, after=sending
                 )
                 self._last_poll = time.monotonic()
                 if entries:
-                    await self.handle([(entry_id, fields, 1) for entry_id, fields in entries])
+                    outgoing = await self.handle(
+                        [(entry_id, fields, 1) for entry_id, fields in entries], defer=True
+                    )
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     await self._pause("stream read failed", exc)
@@ -135,8 +145,12 @@ class Consumer:
                 log.exception("stream claimer failed; carrying on")
                 await asyncio.sleep(1.0)
 
-    async def handle(self, batch: Batch) -> None:
-        """Persist where needed, publish, then acknowledge; failed entries stay pending or dead-letter."""
+    async def handle(self, batch: Batch, *, defer: bool = False) -> list[Command]:
+        """Persist where needed, publish, then acknowledge; failed entries stay pending or dead-letter.
+
+        With ``defer`` (and no spans to record) the PUBLISH and XACK commands are returned for the
+        caller to send with its next command, instead of being sent here.
+        """
         started = time.perf_counter()
         acks: list[str] = []
         messages: list[Prepared] = []
@@ -166,10 +180,16 @@ class Consumer:
                 continue
             acks.append(entry_id)
         _CONSUME_STAGE.observe(time.perf_counter() - started)
+        deferred: list[Command] = []
         if messages or acks:
             # One round trip: the publishes, then XACK of the batch behind them.
             started = time.perf_counter()
-            await _fan_out(self._redis, messages, then=functools.partial(self.group.ack_in, entry_ids=acks))
+            if defer and not recording():
+                deferred = self.group.publish_and_ack_commands(
+                    [(m[0], pack_push(m[1], m[2], m[3])) for m in messages], acks
+                )
+            else:
+                await _fan_out(self.group, messages, acks)
             _FANOUT_STAGE.observe(time.perf_counter() - started)
         if letters:
             await self.group.dead_letter(self._settings.dead_letter_stream, letters)
@@ -182,6 +202,7 @@ class Consumer:
                     deliveries=fields["deliveries"],
                     error=fields["error"],
                 )
+        return deferred
 
     async def check(self) -> None:
         """Readiness: the consumer polled the stream recently."""
@@ -268,17 +289,17 @@ class Consumer:
             self._errors.popitem(last=False)
 
 
-async def _fan_out(
-    redis: Redis, messages: Sequence[Prepared], *, then: Callable[[Pipeline], object] | None = None
-) -> None:
-    """PUBLISH the batch in one PRODUCER span; each push carries the trace context it continues.
+async def _fan_out(group: ConsumerGroup, messages: Sequence[Prepared], acks: Sequence[str]) -> None:
+    """PUBLISH the batch, then XACK ``acks``, in one round trip and one PRODUCER span.
+
+    Each push carries the trace context it continues.
 
     The span is a child of the first entry's CONSUMER span and links every entry's. A push from
     the same trace continues this span; any other continues its own entry's CONSUMER span. When
     spans go nowhere (no exporter), pushes carry no trace context and the hubs start no span.
     """
     if not recording() or not messages:
-        await publish(redis, [(m[0], pack_push(m[1], m[2], m[3])) for m in messages], then=then)
+        await group.publish_and_ack([(m[0], pack_push(m[1], m[2], m[3])) for m in messages], acks)
         return
     first = messages[0][4]
     with tracer.start_as_current_span(
@@ -296,8 +317,7 @@ async def _fan_out(
     ) as span:
         own = span.get_span_context()
         own_parent = format_traceparent(own)
-        await publish(
-            redis,
+        await group.publish_and_ack(
             [
                 (
                     channel,
@@ -310,7 +330,7 @@ async def _fan_out(
                 )
                 for channel, item_id, entry_ms, frame, context in messages
             ],
-            then=then,
+            acks,
         )
 
 

@@ -16,25 +16,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Sequence
+import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
+import hiredis
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline, PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chainfeed.domain.frames import EVICT_PREFIX
 from chainfeed.names import INSTANCES_KEY, RESYNC_MARKER_CHANNEL, user_connections_key
+from chainfeed.redis_wire import Wire, open_wire
 
-__all__ = ["INSTANCE_STALE_MS", "Presence", "Subscriber", "publish"]
+__all__ = ["INSTANCE_STALE_MS", "Presence", "Subscriber"]
 
 log = structlog.get_logger(__name__)
 
 #: An instance whose heartbeat is older than this is gone: its connections no longer count.
 INSTANCE_STALE_MS = 30_000
-_POLL_SECONDS = 1.0  # get_message wakes this often, so redis-py's health check PINGs run
+_HEALTH_SECONDS = 5.0  # a quiet PUB/SUB connection is PINGed this often; silent 3x as long: reconnect
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # KEYS[1] user connections, KEYS[2] instances; ARGV member, instance, max, stale ms, channel, ttl ms.
@@ -71,24 +75,6 @@ redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - 86400000)
 return now_ms
 """
-
-
-async def publish(
-    redis: Redis, messages: Sequence[tuple[str, str]], *, then: Callable[[Pipeline], object] | None = None
-) -> None:
-    """PUBLISH ``(channel, message)`` pairs in one round trip; raises if any could not be sent.
-
-    ``then`` adds commands behind the publishes in the same round trip (the consumer's XACK):
-    Redis runs them in order, so they run only once every publish went out.
-    """
-    if not messages and then is None:
-        return
-    pipe = redis.pipeline(transaction=False)
-    for channel, message in messages:
-        pipe.publish(channel, message)
-    if then is not None:
-        then(pipe)
-    await pipe.execute()
 
 
 class Presence:
@@ -131,7 +117,14 @@ class Presence:
 
 
 class Subscriber:
-    """The process's one PUB/SUB connection: confirmed subscriptions, messages to ``on_message``."""
+    """The process's one PUB/SUB connection: confirmed subscriptions, messages to ``on_message``.
+
+    Its own socket (address and credentials from the Redis client's pool). Commands are written
+    in the order the hub asks; Redis confirms them in that order, which resolves the futures of
+    :meth:`subscribe`. When the connection drops, every channel still wanted is subscribed again
+    on the new one, then a marker channel: its confirmation means all are back, and
+    ``on_resubscribed`` lets the sessions catch up on what was published meanwhile.
+    """
 
     def __init__(
         self,
@@ -146,124 +139,120 @@ class Subscriber:
         self._on_message = on_message
         #: Called once every channel is subscribed again after the connection was lost.
         self._on_resubscribed = on_resubscribed
-        self._lost = False
-        self._commands: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._wire: Wire | None = None
+        self._connected_once = False
+        self._wanted: set[str] = set()
         self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
 
     def subscribe(self, channel: str) -> asyncio.Future[None]:
-        """Ask for ``channel``; the future resolves once Redis confirmed the subscription."""
+        """Ask for ``channel``; the future resolves once Redis confirmed the subscription.
+
+        Before the first connection it waits for it; once that was lost it fails at once (the
+        caller tells its client to come back).
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        wire = self._wire
+        if wire is None and self._connected_once:
+            future.set_exception(RedisConnectionError("the pubsub connection is down"))
+            return future
+        self._wanted.add(channel)
         self._waiting.setdefault(channel, collections.deque()).append(future)
-        self._commands.put_nowait(("subscribe", channel))
+        if wire is not None:
+            with contextlib.suppress(RedisConnectionError):  # lost: the waiter fails with it
+                wire.send(["SUBSCRIBE", channel])
         return future
 
     def unsubscribe(self, channel: str) -> None:
         """Drop ``channel`` (after any earlier request for it has been sent)."""
-        self._commands.put_nowait(("unsubscribe", channel))
+        self._wanted.discard(channel)
+        if self._wire is not None:
+            with contextlib.suppress(RedisConnectionError):  # lost: nothing to drop
+                self._wire.send(["UNSUBSCRIBE", channel])
 
     async def run(self) -> None:
-        """Worker: keep the connection, send (un)subscribe commands in order, hand messages on."""
-        pubsub = self._redis.pubsub()
+        """Worker: connect, subscribe, watch the connection; reconnect with backoff when it drops."""
+        delay, first = 0.1, True
         try:
-            await self._connect(pubsub)
             while True:
                 try:
-                    async with asyncio.TaskGroup() as tasks:
-                        tasks.create_task(self._send_commands(pubsub))
-                        tasks.create_task(self._listen(pubsub))
-                except Exception:
-                    # A bug, not an outage (those are handled inside): keep the hub fed regardless.
-                    log.exception("pubsub worker failed; restarting it")
-                    await asyncio.sleep(1.0)
+                    wire = await open_wire(self._redis, self._reply)
+                except (*_REDIS_DOWN, RedisError) as exc:
+                    log.warning("pubsub connection failed", error=str(exc), retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                delay = 0.1
+                self._wire, self._connected_once = wire, True
+                channels = [self._home, *self._wanted]
+                try:
+                    with contextlib.suppress(RedisConnectionError):  # lost at once: _watch returns
+                        wire.send(
+                            *(["SUBSCRIBE", *channels[i : i + 1000]] for i in range(0, len(channels), 1000))
+                        )
+                        if not first:
+                            wire.send(["SUBSCRIBE", RESYNC_MARKER_CHANNEL])
+                    first = False
+                    await self._watch(wire)
+                finally:
+                    self._wire = None
+                    wire.close()
+                    self._fail_waiting()
+                log.warning("pubsub connection lost", retry_in=delay)
+                await asyncio.sleep(delay)
         finally:
-            for waiters in self._waiting.values():
-                for future in waiters:
-                    future.cancel()
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            self._fail_waiting()
 
-    async def _connect(self, pubsub: PubSub) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await pubsub.subscribe(self._home)
-            except _REDIS_DOWN as exc:
-                log.warning("pubsub connection failed", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            else:
-                # redis-py may reconnect inside any call (its retries) without raising: learn of
-                # every reconnect from the connection itself (after its own re-subscribe callback).
-                connection: Any = pubsub.connection  # typed as never None by redis-py
-                connection.register_connect_callback(self._reconnected)
+    async def _watch(self, wire: Wire) -> None:
+        """Until the connection is lost; PING when quiet, give up on it when nothing comes back."""
+        while not wire.lost.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_HEALTH_SECONDS):
+                    await asyncio.shield(wire.lost)
+            if wire.lost.done():
                 return
+            quiet = time.monotonic() - wire.last_read
+            if quiet > 3 * _HEALTH_SECONDS:
+                log.warning("pubsub connection silent; reconnecting", silent_seconds=round(quiet, 1))
+                return
+            if quiet >= _HEALTH_SECONDS:
+                with contextlib.suppress(RedisConnectionError):
+                    wire.send(["PING"])
 
-    def _reconnected(self, _connection: object) -> None:
-        self._lost = True
-
-    async def _send_commands(self, pubsub: PubSub) -> None:
-        while True:
-            command, channel = await self._commands.get()
-            try:
-                if command == "subscribe":
-                    await pubsub.subscribe(channel)
-                else:
-                    await pubsub.unsubscribe(channel)
-            except _REDIS_DOWN as exc:
-                log.warning("pubsub command failed", command=command, error=str(exc))
-                if command == "subscribe":
-                    self._resolve(channel, exc)
-
-    async def _listen(self, pubsub: PubSub) -> None:
-        delay = 0.1
-        while True:
-            try:
-                message = await pubsub.get_message(timeout=_POLL_SECONDS)
-            except _REDIS_DOWN as exc:
-                # redis-py reconnects on the next read and re-subscribes every channel it knows;
-                # pushes published meanwhile never come: the sessions re-sync from PostgreSQL.
-                log.warning("pubsub connection lost", error=str(exc), retry_in=delay)
-                self._lost = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            if self._lost:
-                await self._mark_resubscribed(pubsub)
-            if message is None:
-                continue
-            kind = message["type"]
+    def _reply(self, reply: Any) -> None:
+        if isinstance(reply, list) and len(reply) >= 3:
+            kind = reply[0]
             if kind == "message":
-                self._on_message(message["channel"], message["data"])
-            elif kind == "subscribe" and message["channel"] == RESYNC_MARKER_CHANNEL:
-                self._commands.put_nowait(("unsubscribe", RESYNC_MARKER_CHANNEL))
-                if self._on_resubscribed is not None:
-                    self._on_resubscribed()
+                self._on_message(reply[1], reply[2])
             elif kind == "subscribe":
-                self._resolve(message["channel"], None)
+                channel = reply[1]
+                if channel == RESYNC_MARKER_CHANNEL:
+                    if self._wire is not None:
+                        with contextlib.suppress(RedisConnectionError):
+                            self._wire.send(["UNSUBSCRIBE", RESYNC_MARKER_CHANNEL])
+                    log.info("pubsub resubscribed", channels=len(self._wanted))
+                    if self._on_resubscribed is not None:
+                        self._on_resubscribed()
+                else:
+                    self._resolve(channel)
+        elif isinstance(reply, hiredis.ReplyError):
+            log.error("pubsub command refused", error=str(reply))
+            if self._wire is not None:
+                self._wire.close()  # AUTH failed or worse: start over
 
-    async def _mark_resubscribed(self, pubsub: PubSub) -> None:
-        """After a reconnect: a marker SUBSCRIBE behind redis-py's re-SUBSCRIBEs.
-
-        Redis answers commands in order, so when the marker's confirmation comes back every
-        channel is subscribed again: from then on pushes arrive live, and what was published
-        before is in PostgreSQL, where the hub's sessions look it up (``on_resubscribed``).
-        """
-        try:
-            await pubsub.subscribe(RESYNC_MARKER_CHANNEL)
-        except _REDIS_DOWN:
-            return  # still down: the next successful read tries again
-        self._lost = False
-
-    def _resolve(self, channel: str, error: BaseException | None) -> None:
+    def _resolve(self, channel: str) -> None:
         waiters = self._waiting.get(channel)
         if not waiters:
             return  # a re-subscription after a reconnect, or the home channel
         future = waiters.popleft()
         if not waiters:
             del self._waiting[channel]
-        if future.done():
-            return
-        if error is None:
+        if not future.done():
             future.set_result(None)
-        else:
-            future.set_exception(error)
+
+    def _fail_waiting(self) -> None:
+        """The connection is gone: subscriptions waiting for it fail (their clients retry)."""
+        waiting, self._waiting = self._waiting, {}
+        for waiters in waiting.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(RedisConnectionError("the pubsub connection was lost"))

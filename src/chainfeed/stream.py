@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-__all__ = ["Claimed", "ConsumerGroup", "Entry", "StreamStats"]
+from chainfeed.redis_wire import Commands
+
+#: A Redis command as its parts.
+Command = list[str]
+
+__all__ = ["Claimed", "Command", "ConsumerGroup", "Entry", "StreamStats"]
 
 #: ``(entry id, fields)`` as XREADGROUP returns it.
 Entry = tuple[str, dict[str, str]]
@@ -150,6 +153,8 @@ class ConsumerGroup:
         self.stream = stream
         self.group = group
         self.consumer = consumer
+        #: A dedicated connection for the hot commands (read, publish and acknowledge).
+        self.wire = Commands(redis)
         self._claim = redis.register_script(_CLAIM)
         self._stats = redis.register_script(_STATS)
         self._trim = redis.register_script(_TRIM)
@@ -169,15 +174,41 @@ class ConsumerGroup:
             return False
         return True
 
-    async def read(self, *, count: int, block_ms: int) -> list[Entry]:
-        """Up to ``count`` new entries for this consumer, waiting at most ``block_ms`` for the first."""
-        reply = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+    async def read(self, *, count: int, block_ms: int, after: Sequence[Command] = ()) -> list[Entry]:
+        """Up to ``count`` new entries for this consumer, waiting at most ``block_ms`` for the first.
+
+        ``after``: commands sent first, in the same write (the last batch's publishes and XACK);
+        a refused one raises ResponseError. On the group's own connection
+        (:mod:`chainfeed.redis_wire`): this is the hot loop.
+        """
+        read = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", str(count), "BLOCK", str(block_ms)]
+        replies = await self.wire.execute(
+            [*after, [*read, "STREAMS", self.stream, ">"]], reply_within=block_ms / 1000 + 5.0
         )
+        reply = replies[-1]
         if not reply:
             return []
-        streams = reply.values() if isinstance(reply, dict) else (entries for _, entries in reply)
-        return [(entry_id, fields) for entries in streams for entry_id, fields in _flatten(entries)]
+        return [
+            (entry_id, _as_dict(flat) if flat else {}) for _, entries in reply for entry_id, flat in entries
+        ]
+
+    def publish_and_ack_commands(
+        self, messages: Sequence[tuple[str, str]], entry_ids: Sequence[str]
+    ) -> list[Command]:
+        """PUBLISH ``(channel, message)`` pairs, then XACK ``entry_ids``: to send in one write.
+
+        Redis runs them in order, so an entry is acknowledged only once its push went out.
+        """
+        commands: list[Command] = [["PUBLISH", channel, message] for channel, message in messages]
+        if entry_ids:
+            commands.append(["XACK", self.stream, self.group, *entry_ids])
+        return commands
+
+    async def publish_and_ack(self, messages: Sequence[tuple[str, str]], entry_ids: Sequence[str]) -> None:
+        """:meth:`publish_and_ack_commands`, sent now in one round trip."""
+        commands = self.publish_and_ack_commands(messages, entry_ids)
+        if commands:
+            await self.wire.execute(commands)
 
     async def claim(
         self, *, min_idle_ms: int, count: int, after: str | None = None
@@ -199,11 +230,6 @@ class ConsumerGroup:
         """Acknowledge handled entries (one call for the whole batch)."""
         if entry_ids:
             await self.redis.xack(self.stream, self.group, *entry_ids)
-
-    def ack_in(self, pipe: Pipeline, entry_ids: Sequence[str]) -> None:
-        """Queue the acknowledgement of ``entry_ids`` on ``pipe`` (sent with what precedes it)."""
-        if entry_ids:
-            pipe.xack(self.stream, self.group, *entry_ids)
 
     async def dead_letter(
         self, dead_letter_stream: str, letters: Sequence[tuple[str, dict[str, str]]]
@@ -234,10 +260,6 @@ class ConsumerGroup:
             keys=[self.stream], args=[self.group, min_idle_ms, self.consumer]
         )
         return removed
-
-
-def _flatten(entries: Any) -> list[Entry]:
-    return [(entry_id, fields or {}) for entry_id, fields in entries]
 
 
 def _as_dict(flat: Sequence[str]) -> dict[str, str]:
