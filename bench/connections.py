@@ -13,8 +13,8 @@ server pings each connection every ``--ping-interval`` s. Per level it measures:
   over each batch divided by its size (and over all of them, divided by N). RSS is sampled once
   the server's ``websocket_active_connections`` gauge shows the whole batch registered.
 - Connect time: from the first handshake until the gauge shows all N (``--concurrency`` handshakes
-  in flight per client process), with the server's and the clients' CPU meanwhile (which one
-  limited the rate).
+  in flight per client process), with the CPU of the server, the clients, PostgreSQL + Redis and
+  every other process meanwhile (which one limited the rate), and the server's CPU per connection.
 - Idle CPU of the server over ``--idle`` s with every connection open (heartbeat pings only).
 - Reconnect storm: feed items are created at ``--rate``/s (mostly for the users of the storm tabs);
   after ``--pre-storm`` s, ``--storm`` tabs drop at once (transport aborted, as a lost network
@@ -22,6 +22,8 @@ server pings each connection every ``--ping-interval`` s. Per level it measures:
   open again, the time until every tab holds every item created before they were all back, and,
   after ``--post-storm`` s more of items and a drain, the items any tab missed and the duplicates
   it received (frames whose ``id`` it already had).
+- Disconnect: every client leaves at once; the time until the app has let them all go (its gauge
+  at 0). Only then is the app stopped; warnings and errors in its log are listed under the table.
 
 Items for the storm are real feed items: a ``feed_items`` row and its ``feed_outbox`` row inserted
 in one statement, which is what ingest commits for a webhook; the app's outbox relay (sweeping
@@ -34,8 +36,8 @@ limit: a level above that (less a reserve for the app's own files) is lowered an
 Loopback only; every phase has a deadline; the app, the client processes and the embedded
 servers are stopped in ``finally``.
 
-    uv run python bench/connections.py --quick                 # 2,000 connections, about 2 min
-    uv run python bench/connections.py                         # 10,000 and 20,000
+    uv run python bench/connections.py --quick                 # 2,000 connections, about 1.5 min
+    uv run python bench/connections.py                         # 10,000 and 20,000, about 10 min
     uv run python bench/connections.py --connections 5000 --json
 """
 
@@ -157,6 +159,8 @@ class Client:
         self.url, self.local_host = url, local_host
         self.handshakes = asyncio.Semaphore(concurrency)
         self.tabs: list[Tab] = []
+        #: Why handshakes failed, by exception type (and close code, when the server refused).
+        self.failure_kinds: collections.Counter[str] = collections.Counter()
         self.since_floor = 0
 
     async def _tab(self, tab: Tab, limited: bool) -> None:
@@ -179,8 +183,9 @@ class Client:
                         max_queue=None,
                         local_addr=(self.local_host, 0),
                     )
-            except Exception:
+            except Exception as exc:
                 tab.failures += 1
+                self.failure_kinds[_failure_kind(exc)] += 1
                 await asyncio.sleep(0.5 + random.random())
                 continue
             tab.ws, limited = ws, False
@@ -236,6 +241,7 @@ class Client:
             "reopened": sum(t.opened.is_set() for t in storm),
             "handshakes": [round(t.handshake, 4) for t in storm if t.opened.is_set()],
             "failures": sum(t.failures for t in storm) - failures_before,
+            "failure_kinds": dict(self.failure_kinds),
         }
 
     def missing(self, items: list[list[int]]) -> dict[str, int]:
@@ -265,6 +271,14 @@ class Client:
         await asyncio.gather(*(t.task for t in self.tabs if t.task is not None), return_exceptions=True)
         closed, self.tabs = len(self.tabs), []
         return {"closed": closed}
+
+
+def _failure_kind(exc: Exception) -> str:
+    """A short name for why a handshake failed: the exception type, and the status or close code."""
+    code = getattr(getattr(exc, "response", None), "status_code", None) or getattr(
+        getattr(exc, "rcvd", None), "code", None
+    )
+    return type(exc).__name__ + (f"({code})" if code else "")
 
 
 async def _child(local_host: str, concurrency: int) -> None:
@@ -670,6 +684,14 @@ async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
             storm_cpu = {k: v / (reconnected_at - dropped_at) * 100 for k, v in storm_used.items()}
             storm_overflows = _listen_overflows() - overflows
             storm_failures = sum(r["failures"] for r in replies)
+            kinds = collections.Counter[str]()
+            for reply in replies:
+                kinds.update(reply["failure_kinds"])
+            if kinds:
+                notes.append(
+                    "failed handshakes (whole level so far): "
+                    + ", ".join(f"{k} x{v}" for k, v in kinds.items())
+                )
             storm_handshakes = [h for r in replies for h in r["handshakes"]]
             reopened = sum(r["reopened"] for r in replies)
             if reopened < storm:
