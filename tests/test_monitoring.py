@@ -338,7 +338,7 @@ def test_dashboard_rows_show_their_stage() -> None:
         "Stream": ("redis_stream_",),
         "Ingest": ("webhook_", "feed_items_", "outbox_", "alchemy_sync_"),
         "Latency": ("chainfeed_stage_duration_seconds", "chainfeed_delivery_latency_seconds"),
-        "HTTP": ("http_",),
+        "HTTP": ("http_", "auth_"),
         "Process": ("process_", "up"),
     }
     row = ""
