@@ -177,6 +177,27 @@ async def test_client_ping_gets_pong_unknown_frames_are_ignored_deflate_is_on(ap
         assert await recv_json(ws) == {"type": "pong"}
 
 
+async def test_deflate_keeps_no_state_between_messages_and_big_frames_arrive_whole(
+    app: RunningApp, redis: Redis, db: asyncpg.Connection
+) -> None:
+    """Negotiated without context takeover (no zlib state held per idle connection); a frame over
+    the compression threshold (replayed, so compressed) and a small live one decode intact."""
+    body = await app.register()
+    big = {"memo": "0x" + "ab" * 2000}
+    await xadd_hand(redis, 1, json.dumps(big))
+    await eventually(lambda: _count(db, 1))
+    async with client(app, body["access_token"], since=0) as ws:
+        assert ws.response is not None
+        negotiated = ws.response.headers["Sec-WebSocket-Extensions"]
+        assert "server_no_context_takeover" in negotiated
+        assert "client_no_context_takeover" in negotiated
+        [replayed] = await recv_frames(ws, 1)
+        assert replayed["payload"] == big
+        await xadd_hand(redis, 1, json.dumps({"n": 1}))
+        [live] = await recv_frames(ws, 1)
+        assert live["payload"] == {"n": 1}
+
+
 async def test_inbound_frame_over_4_kib_closes_with_1009(app: RunningApp) -> None:
     body = await app.register()
     before = ws_errors("protocol")

@@ -11,6 +11,10 @@ ASGI cannot express two things the SPEC needs, so they live at the protocol leve
   the app as the ASGI scope extension ``DIRECT_SEND``), skipping the per-frame ASGI round trip and
   per-tab serialization. It is never compressed: RFC 7692 lets a sender leave any message
   uncompressed, and a small live push gains little from deflate and costs the most CPU.
+- permessage-deflate is offered (SPEC) but sized for many idle connections: no context takeover
+  either way, so a connection holds no zlib state between messages (uvicorn's default keeps
+  ~45 KB per connection), and messages under ``COMPRESS_MIN_BYTES`` go uncompressed, where
+  deflate costs the most CPU for the least gain (bench/connections.py measures both).
 - The heartbeat is protocol-level ping/pong (uvicorn's keepalive, every
   CHAINFEED_WS_PING_INTERVAL s; no pong within CHAINFEED_WS_PONG_TIMEOUT s closes with 1011).
   Browsers answer pings by themselves, so no client code is needed. When a client misses its
@@ -19,19 +23,76 @@ ASGI cannot express two things the SPEC needs, so they live at the protocol leve
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import ExtensionParameter
 
-__all__ = ["DIRECT_SEND", "WebSocketProtocol"]
+__all__ = ["COMPRESS_MIN_BYTES", "DIRECT_SEND", "WebSocketProtocol"]
+
+#: Messages shorter than this are sent uncompressed even when deflate was negotiated.
+COMPRESS_MIN_BYTES = 1024
 
 #: ASGI scope extension holding :meth:`WebSocketProtocol.write_frame` of the connection.
 DIRECT_SEND = "chainfeed.direct_send"
 
 
+class _ThresholdDeflate(PerMessageDeflate):
+    """permessage-deflate that leaves short messages uncompressed (RFC 7692 allows any)."""
+
+    def encode(self, frame: Frame) -> Frame:
+        if (
+            frame.opcode in (Opcode.TEXT, Opcode.BINARY)
+            and frame.fin
+            and len(frame.data) < COMPRESS_MIN_BYTES
+        ):
+            return frame
+        return super().encode(frame)
+
+
+class _DeflateFactory(ServerPerMessageDeflateFactory):
+    """Negotiates without context takeover and hands out :class:`_ThresholdDeflate`."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            server_no_context_takeover=True,
+            client_no_context_takeover=True,
+            server_max_window_bits=12,
+            client_max_window_bits=12,
+            compress_settings={"memLevel": 5},
+        )
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
+        response, extension = super().process_request_params(params, accepted_extensions)
+        return response, _ThresholdDeflate(
+            extension.remote_no_context_takeover,
+            extension.local_no_context_takeover,
+            extension.remote_max_window_bits,
+            extension.local_max_window_bits,
+            extension.compress_settings,
+        )
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """``websockets-sansio`` with a 1001 shutdown and a keepalive timeout the app hears about."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.ws_per_message_deflate:  # our deflate instead of uvicorn's (see above)
+            self.conn = ServerProtocol(
+                extensions=[_DeflateFactory()],
+                max_size=self.config.ws_max_size,
+                logger=logging.getLogger("uvicorn.error"),
+            )
 
     def handle_connect(self, event: Any) -> None:
         """As uvicorn, plus the direct writer in the scope of an accepted handshake."""
