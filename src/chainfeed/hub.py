@@ -16,6 +16,7 @@ by whichever instance holds it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from chainfeed.observability.metrics import (
 )
 from chainfeed.observability.tracing import push_span
 
-__all__ = ["RESYNC", "Connection", "Hub", "Outgoing"]
+__all__ = ["RESYNC", "Connection", "Hub", "Outgoing", "SendQueue"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,17 +52,66 @@ RESYNC: Outgoing = (None, -1, 0.0, "")
 _PUSH_STAGE = STAGE_DURATION.labels("push")
 
 
-@dataclass(eq=False)
+class SendQueue:
+    """A connection's bounded FIFO of outgoing frames, drained by one writer.
+
+    Lighter than :class:`asyncio.Queue` (three deques per queue, allocated up front): an idle
+    connection holds no deque and no future here, which counts when a process holds 20,000.
+    """
+
+    __slots__ = ("_items", "_limit", "_waiter")
+
+    def __init__(self, limit: int) -> None:
+        self._items: collections.deque[Outgoing] | None = None
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+
+    def empty(self) -> bool:
+        """Nothing waiting."""
+        return not self._items
+
+    def put_nowait(self, item: Outgoing) -> None:
+        """Append; raises :class:`asyncio.QueueFull` over the limit."""
+        items = self._items
+        if items is None:
+            items = self._items = collections.deque()
+        elif len(items) >= self._limit:
+            raise asyncio.QueueFull
+        items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def get_nowait(self) -> Outgoing:
+        """The oldest item; raises :class:`asyncio.QueueEmpty` when there is none."""
+        items = self._items
+        if not items:
+            raise asyncio.QueueEmpty
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    async def get(self) -> Outgoing:
+        """The oldest item, waiting for one."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.get_nowait()
+
+
+@dataclass(eq=False, slots=True)
 class Connection:
     """One open WebSocket of ``user_id`` on this instance."""
 
     id: str
     user_id: int
-    queue: asyncio.Queue[Outgoing]
+    queue: SendQueue
     opened_at: float = field(default_factory=time.monotonic)
     #: Set once: why the server closes this connection (code, reason).
     close_request: tuple[int, str] | None = None
-    closing: asyncio.Event = field(default_factory=asyncio.Event)
     #: The token-expiry timer; set once the connection is fully open (registered and counted).
     expiry: asyncio.TimerHandle | None = None
     #: Writes a serialized frame to the socket now (False: it cannot, queue it). Set by the
@@ -69,6 +119,9 @@ class Connection:
     direct: Callable[[bytes], bool] | None = None
     #: The highest feed item id sent on this connection (None: none yet), for re-syncs.
     last_sent: int | None = None
+    #: The session's hooks: a frame was queued (start a writer); a close was requested.
+    on_queued: Callable[[], None] | None = None
+    on_close: Callable[[], None] | None = None
 
     def note_sent(self, item_id: int) -> None:
         """Remember ``item_id`` went out (a re-sync starts after the highest)."""
@@ -84,12 +137,16 @@ class Connection:
         except asyncio.QueueFull:
             WEBSOCKET_ERRORS.labels("slow_consumer").inc()
             self.request_close(4408, "slow consumer")
+            return
+        if self.on_queued is not None:
+            self.on_queued()
 
     def request_close(self, code: int, reason: str) -> None:
         """Ask the connection's session to close with ``code``; the first request wins."""
         if self.close_request is None:
             self.close_request = (code, reason)
-            self.closing.set()
+            if self.on_close is not None:
+                self.on_close()
 
 
 @dataclass(eq=False)
@@ -152,7 +209,7 @@ class Hub:
         conn = Connection(
             id=f"{self.presence.instance_id}|{next(self._ids)}",
             user_id=user_id,
-            queue=asyncio.Queue(self._send_queue),
+            queue=SendQueue(self._send_queue),
         )
         user = self._users.get(user_id)
         if user is None:

@@ -8,10 +8,13 @@ on the queued live frames and skips those the replay already sent, until the fir
 newer than the replay shows the overlap is over. A frame pushed live before a resume frame may
 still arrive twice: delivery is at least once, and ``id`` lets the client drop repeats.
 
-One writer task per connection drains the queue, so the socket has one sender at a time (the
-replay runs only while the writer is stopped). While the writer is idle (queue empty, no replay
-overlap left to skip) it lends the socket's direct writer to the hub, which then writes pushes
-itself, with no task switch per frame; the writer takes it back before it sends anything.
+A writer task drains the queue, so the socket has one sender at a time (the replay runs only
+while there is no writer). It exists only while frames wait: started when one is queued, gone
+when the queue is empty. Then, live and with no replay overlap left to skip, the session lends
+the socket's direct writer to the hub, which writes pushes itself, with no task switch per frame;
+a queued frame takes it back before anything else is sent. The client's frames are read by the
+connection's own handler task, which a close request interrupts: an idle connection holds one
+task and no queue, event or future of its own (memory per connection, bench/connections.py).
 """
 
 from __future__ import annotations
@@ -100,50 +103,61 @@ class Session:
         self._recent = recent
         self._opened = time.time()
         self._writer: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._interrupted = False
+        #: True once the replay is done and live frames may be sent.
+        self._live = False
         #: Ids the last replay sent, skipped when they also arrive live (None: nothing to skip).
         self._skip: set[int] | None = None
         self._skip_max = 0
 
     async def run(self, since: int | None) -> int:
         """Serve the connection; returns the close code (the client's or the one the server sent)."""
+        conn = self.conn
+        self._task = asyncio.current_task()
+        conn.on_close = self._interrupt
+        conn.on_queued = self._kick
         try:
-            if since is not None:
-                await self._replay(since)
-            self._start_writer()
-            code = await self._until_closed()
+            if conn.close_request is None:
+                if since is not None:
+                    await self._replay(since)
+                self._go_live()
+                await self._read_loop()
+            code = conn.close_request[0] if conn.close_request is not None else 1000
         except ClientGone as gone:
             code = gone.code
+        except asyncio.CancelledError:
+            if not self._interrupted or self._task is None or self._task.uncancel() > 0:
+                raise
+            assert conn.close_request is not None
+            code = conn.close_request[0]
         except Exception:
-            log.exception("websocket session failed", user_id=self.conn.user_id)
-            self.conn.request_close(1011, "internal error")
+            log.exception("websocket session failed", user_id=conn.user_id)
+            conn.request_close(1011, "internal error")
             code = 1011
         finally:
+            conn.on_close = conn.on_queued = None
+            self._live = False
+            conn.direct = None
             await self._stop_writer()
-        if code in PROTOCOL_CLOSE_CODES and self.conn.close_request is None:
+        if code in PROTOCOL_CLOSE_CODES and conn.close_request is None:
             WEBSOCKET_ERRORS.labels("protocol").inc()
-        if self.conn.close_request is not None:
-            code, reason = self.conn.close_request
+        if conn.close_request is not None:
+            code, reason = conn.close_request
             with contextlib.suppress(ClientGone, TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await self.socket.close(code, reason)
         return code
 
-    async def _until_closed(self) -> int:
-        """Read client frames until the client leaves (raises ClientGone) or a close is requested."""
-        reader = asyncio.create_task(self._read_loop())
-        closing = asyncio.create_task(self.conn.closing.wait())
-        try:
-            await asyncio.wait({reader, closing}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            reader.cancel()
-            closing.cancel()
-            await asyncio.gather(reader, closing, return_exceptions=True)
-        if reader.done() and not reader.cancelled() and (error := reader.exception()) is not None:
-            raise error
-        assert self.conn.close_request is not None
-        return self.conn.close_request[0]
+    def _interrupt(self) -> None:
+        """A close was requested (by the hub, a timer or the writer): stop reading the client."""
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not self._interrupted:
+            self._interrupted = True
+            task.cancel()
 
     async def _read_loop(self) -> None:
+        """Read client frames until the client leaves (ClientGone) or it floods (a close request)."""
         window_start, frames = time.monotonic(), 0
         while True:
             text = await self.socket.receive_text()
@@ -162,9 +176,11 @@ class Session:
             if isinstance(message, Ping):
                 self.conn.offer((None, 0, 0.0, PONG_FRAME))
             elif isinstance(message, Resume):
+                self._live = False
+                self.conn.direct = None
                 await self._stop_writer()
                 await self._replay(message.since)
-                self._start_writer()
+                self._go_live()
 
     async def _replay(self, since: int) -> None:
         """Send the user's items with id > ``since`` (the writer is stopped meanwhile)."""
@@ -202,8 +218,23 @@ class Session:
         self._skip = {item_id for item_id, _ in page} or None
         self._skip_max = self.conn.last_sent or 0
 
-    def _start_writer(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.conn.id}")
+    def _go_live(self) -> None:
+        """Replay done: drain what was queued meanwhile, or lend the direct writer."""
+        self._live = True
+        if not self.conn.queue.empty():
+            self._kick()
+        else:
+            self._lend()
+
+    def _lend(self) -> None:
+        if self._live and self._writer is None and self._skip is None and self.conn.queue.empty():
+            self.conn.direct = self.socket.direct
+
+    def _kick(self) -> None:
+        """A frame was queued: make sure a writer drains the queue (once live)."""
+        self.conn.direct = None
+        if self._live and self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.conn.id}")
 
     async def _stop_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -212,16 +243,13 @@ class Session:
             await asyncio.gather(writer, return_exceptions=True)
 
     async def _write_loop(self) -> None:
+        """Send what is queued, in order; end when the queue is empty (then lend direct writes)."""
         conn = self.conn
         queue = conn.queue
         send = self.socket.send_text
-        direct = self.socket.direct
         try:
-            while True:
-                if direct is not None and self._skip is None and queue.empty():
-                    conn.direct = direct  # idle and live: the hub may write for us
-                item_id, entry_ms, arrived, text = await queue.get()
-                conn.direct = None
+            while not queue.empty():
+                item_id, entry_ms, arrived, text = queue.get_nowait()
                 if entry_ms < 0:  # hub.RESYNC
                     await self._resync()
                     continue
@@ -232,7 +260,7 @@ class Session:
                         continue
                 await send(text)
                 if item_id is not None:
-                    self.conn.note_sent(item_id)
+                    conn.note_sent(item_id)
                 WEBSOCKET_MESSAGES_SENT.inc()
                 if entry_ms:
                     DELIVERY_LATENCY.observe(max(0.0, time.time() - entry_ms / 1000))
@@ -242,5 +270,8 @@ class Session:
         except Exception:
             log.exception("websocket writer failed", user_id=self.conn.user_id)
             self.conn.request_close(1011, "internal error")
+            return
         finally:
-            conn.direct = None
+            if self._writer is asyncio.current_task():
+                self._writer = None
+        self._lend()
