@@ -6,6 +6,7 @@ import pytest
 
 from chainfeed.config import load
 from chainfeed.errors import ConfigError
+from chainfeed.server import uvicorn_config
 
 GOOD = {"CHAINFEED_JWT_SECRET": "s" * 32, "CHAINFEED_ALCHEMY_SIGNING_KEYS": "k1, k2"}
 
@@ -23,6 +24,7 @@ def test_defaults_follow_the_spec() -> None:
     assert settings.alchemy_signing_keys == ("k1", "k2")
     assert settings.ws_allowed_origins is None
     assert settings.log_format == "json"
+    assert settings.listen_backlog == 4096
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,7 @@ def test_defaults_follow_the_spec() -> None:
         ("CHAINFEED_LOG_FORMAT", "xml"),
         ("CHAINFEED_LOG_LEVEL", "loud"),
         ("CHAINFEED_JWT_SECRET", "short"),
+        ("CHAINFEED_LISTEN_BACKLOG", "0"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
@@ -62,3 +65,10 @@ def test_dev_makes_do_without_secrets_and_logs_to_the_console() -> None:
 
 def test_secrets_stay_out_of_repr() -> None:
     assert "s" * 32 not in repr(load(GOOD))
+
+
+def test_the_listen_backlog_reaches_uvicorn() -> None:
+    """A reconnect storm overflowed uvicorn's default accept queue (2048): ours is a setting."""
+    assert uvicorn_config("x:app", load(GOOD), host="127.0.0.1", port=1).backlog == 4096
+    settings = load({**GOOD, "CHAINFEED_LISTEN_BACKLOG": "8192"})
+    assert uvicorn_config("x:app", settings, host="127.0.0.1", port=1).backlog == 8192

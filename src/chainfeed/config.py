@@ -47,6 +47,8 @@ class Settings:
     ws_ping_interval: float = 54.0
     ws_pong_timeout: float = 60.0
     ws_allowed_origins: tuple[str, ...] | None = None
+    #: The listening socket's accept queue (``listen()`` backlog); Linux caps it at net.core.somaxconn.
+    listen_backlog: int = 4096
     log_format: LogFormat = "json"
     log_level: str = "info"
     max_addresses_per_user: int = 100
@@ -106,6 +108,7 @@ def load(environ: Mapping[str, str] | None = None, *, dev: bool = False) -> Sett
         ws_ping_interval=reader.get("CHAINFEED_WS_PING_INTERVAL", 54.0, _positive_float),
         ws_pong_timeout=reader.get("CHAINFEED_WS_PONG_TIMEOUT", 60.0, _positive_float),
         ws_allowed_origins=reader.get("CHAINFEED_WS_ALLOWED_ORIGINS", None, _csv),
+        listen_backlog=reader.get("CHAINFEED_LISTEN_BACKLOG", 4096, _positive_int),
         log_format=reader.get("CHAINFEED_LOG_FORMAT", "console" if dev else "json", _log_format),
         log_level=reader.get("CHAINFEED_LOG_LEVEL", "info", _log_level),
         alchemy_api_url=reader.url("CHAINFEED_ALCHEMY_API_URL", ("https://", "http://"))

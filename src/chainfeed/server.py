@@ -28,6 +28,9 @@ def uvicorn_config(
         host=host,
         port=port,
         workers=workers,
+        # A reconnect storm opens thousands of TCP connections at once: uvicorn's default of 2048
+        # overflowed (the kernel drops the SYN, the client retries after 1 s, 3 s, ...).
+        backlog=settings.listen_backlog,
         factory=isinstance(app, str),
         loop="uvloop",
         http="httptools",
