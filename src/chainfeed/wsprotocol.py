@@ -23,6 +23,8 @@ ASGI cannot express two things the SPEC needs, so they live at the protocol leve
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +44,73 @@ COMPRESS_MIN_BYTES = 1024
 
 #: ASGI scope extension holding :meth:`WebSocketProtocol.write_frame` of the connection.
 DIRECT_SEND = "chainfeed.direct_send"
+
+
+class _LeanQueue:
+    """What uvicorn uses of its per-connection :class:`asyncio.Queue`, without three idle deques."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+
+class _LeanEvent:
+    """What uvicorn uses of its per-connection "writable" :class:`asyncio.Event`, allocated lazily."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
 
 
 class _ThresholdDeflate(PerMessageDeflate):
@@ -87,6 +156,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Per-connection memory (bench/connections.py): lean stand-ins for uvicorn's primitives.
+        self.queue: Any = _LeanQueue()
+        self.writable: Any = _LeanEvent()
         if self.config.ws_per_message_deflate:  # our deflate instead of uvicorn's (see above)
             self.conn = ServerProtocol(
                 extensions=[_DeflateFactory()],
@@ -114,6 +186,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         transport.write(frame)
         return True
+
+    def start_keepalive(self) -> None:
+        """Called once the handshake is answered: its request and response are not needed again."""
+        self.request: Any = None
+        self.response: Any = None
+        super().start_keepalive()
 
     def shutdown(self) -> None:
         """Close an open WebSocket with 1001; anything else as uvicorn does."""
