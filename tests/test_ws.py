@@ -311,3 +311,37 @@ async def test_resume_includes_a_lower_id_committed_after_the_clients_last_item(
     async with client(app, body["access_token"], since=seen) as ws:
         frames = await recv_frames(ws, 2)
     assert [f["id"] for f in frames] == [early, later]
+
+
+async def test_resume_over_several_pages_replays_each_item_once_in_order(
+    app: RunningApp, db: asyncpg.Connection
+) -> None:
+    """The first page comes with the late-items query; the pages after it are asked for as before,
+    and a short page ends the replay: 1,203 items after ``since``, no more, no fewer, no repeats."""
+    body = await app.register()
+    user_id = body["user"]["id"]
+    ids = [
+        row["id"]
+        for row in await db.fetch(
+            "INSERT INTO feed_items (user_id, payload, published_at)"
+            " SELECT $1, jsonb_build_object('n', g), now() FROM generate_series(1, 1210) AS g RETURNING id",
+            user_id,
+        )
+    ]
+    async with client(app, body["access_token"], since=ids[6]) as ws:
+        frames = await recv_frames(ws, 1203)
+        await ready(ws)  # the pong comes next: nothing more was replayed
+    assert [f["id"] for f in frames] == sorted(ids)[7:]
+
+
+async def test_a_deleted_user_is_refused_with_4401_on_the_next_connect(
+    app: RunningApp, db: asyncpg.Connection
+) -> None:
+    """Auth checks the user on every connect: a valid token of a deleted user no longer opens."""
+    body = await app.register()
+    async with client(app, body["access_token"], since=0) as ws:
+        await ready(ws)
+    await db.execute("DELETE FROM users WHERE id = $1", body["user"]["id"])
+    async with client(app, body["access_token"], since=0) as ws:
+        assert await closed_with(ws) == (4401, "invalid token")
+

@@ -46,7 +46,7 @@ from chainfeed.observability.metrics import (
 )
 from chainfeed.observability.tracing import extract_context, format_traceparent, recording, tracer
 from chainfeed.storage.delivery import persist_entry
-from chainfeed.storage.feed import feed_committed_late, feed_published_since, feed_since
+from chainfeed.storage.feed import feed_committed_late, feed_published_since, feed_resume, feed_since
 from chainfeed.storage.pool import POSTGRES_DOWN
 from chainfeed.stream import Command, ConsumerGroup
 
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from chainfeed.config import Settings
     from chainfeed.runtime import Runtime
 
-__all__ = ["Consumer", "maintain", "replay_late", "replay_page", "replay_recent", "start"]
+__all__ = ["Consumer", "maintain", "replay_late", "replay_page", "replay_recent", "replay_resume", "start"]
 
 log = structlog.get_logger(__name__)
 
@@ -382,6 +382,16 @@ async def replay_late(pool: asyncpg.Pool, user_id: int, since: int) -> list[tupl
     """Items with ids below ``since`` that were committed (and published) after it, as frames."""
     items = await feed_committed_late(pool, user_id, since)
     return [(item["id"], encode_item(item)) for item in items]
+
+
+async def replay_resume(
+    pool: asyncpg.Pool, user_id: int, since: int
+) -> tuple[list[tuple[int, str]], list[tuple[int, str]], bool]:
+    """:func:`replay_late` and the first :func:`replay_page` in one query, as frames; and whether
+    that page is the last (shorter than a page: asking for the next would find nothing)."""
+    late, page = await feed_resume(pool, user_id, since, limit=REPLAY_PAGE)
+    frames = [(item["id"], encode_item(item)) for item in page]
+    return [(item["id"], encode_item(item)) for item in late], frames, len(page) < REPLAY_PAGE
 
 
 async def replay_recent(pool: asyncpg.Pool, user_id: int, opened_at: float) -> list[tuple[int, str]]:

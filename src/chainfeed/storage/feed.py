@@ -9,9 +9,16 @@ import asyncpg
 
 from chainfeed.domain.feed import feed_frame
 
-__all__ = ["feed_committed_late", "feed_page", "feed_published_since", "feed_since"]
+__all__ = ["feed_committed_late", "feed_page", "feed_published_since", "feed_resume", "feed_since"]
 
 _COLUMNS = "id, user_id, type, payload, created_at"
+#: The user's items published after item ``$2`` but numbered below it (see feed_committed_late).
+_LATE = (
+    f"SELECT {_COLUMNS} FROM feed_items"  # noqa: S608
+    " WHERE user_id = $1 AND id < $2"
+    "   AND published_at > (SELECT published_at FROM feed_items WHERE id = $2 AND user_id = $1)"
+    " ORDER BY id LIMIT 1000"
+)
 
 
 def _frame(row: asyncpg.Record) -> dict[str, Any]:
@@ -62,15 +69,26 @@ async def feed_committed_late(pool: asyncpg.Pool, user_id: int, since: int) -> l
     publishes in id order among committed rows, so such late items are exactly those published
     after the ``since`` item; resume sends them too (clients drop repeats by id).
     """
+    rows = await pool.fetch(_LATE, user_id, since)
+    return [_frame(row) for row in rows]
+
+
+async def feed_resume(
+    pool: asyncpg.Pool, user_id: int, since: int, *, limit: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What a resume from ``since`` sends first, in one round trip: the late items
+    (:func:`feed_committed_late`) and the first page after ``since`` (:func:`feed_since`)."""
     rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM feed_items"  # noqa: S608
-        " WHERE user_id = $1 AND id < $2"
-        "   AND published_at > (SELECT published_at FROM feed_items WHERE id = $2 AND user_id = $1)"
-        " ORDER BY id LIMIT 1000",
+        f"SELECT {_COLUMNS} FROM (({_LATE}) UNION ALL"  # noqa: S608
+        f" (SELECT {_COLUMNS} FROM feed_items WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3))"
+        " AS items ORDER BY id",
         user_id,
         since,
+        limit,
     )
-    return [_frame(row) for row in rows]
+    frames = [_frame(row) for row in rows]
+    first = next((n for n, frame in enumerate(frames) if frame["id"] > since), len(frames))
+    return frames[:first], frames[first:]
 
 
 async def feed_published_since(pool: asyncpg.Pool, user_id: int, at: datetime) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import asyncpg
 
 from chainfeed.errors import ConflictError
 
-__all__ = ["User", "create_user", "get_user", "get_user_by_name"]
+__all__ = ["User", "create_user", "get_user", "get_user_by_name", "user_exists"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +52,8 @@ async def get_user_by_name(pool: asyncpg.Pool, username: str) -> User | None:
 async def get_user(pool: asyncpg.Pool, user_id: int) -> User | None:
     """The user with ``user_id``, if it still exists."""
     return _user(await pool.fetchrow("SELECT id, username, password_hash FROM users WHERE id = $1", user_id))
+
+
+async def user_exists(pool: asyncpg.Pool, user_id: int) -> bool:
+    """Whether the user with ``user_id`` still exists (checked on every WebSocket connect)."""
+    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))

@@ -19,15 +19,15 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.types import ControllerRouterHandler
 
-from chainfeed.delivery import replay_late, replay_page, replay_recent
+from chainfeed.delivery import replay_page, replay_recent, replay_resume
 from chainfeed.domain.frames import parse_since
 from chainfeed.domain.tokens import decode_token
 from chainfeed.errors import AuthError
 from chainfeed.hub import Hub
 from chainfeed.observability.metrics import WEBSOCKET_ERRORS
 from chainfeed.runtime import Runtime
-from chainfeed.session import ClientGone, Session
-from chainfeed.storage.users import get_user
+from chainfeed.session import ClientGone, ReplayPage, Session
+from chainfeed.storage.users import user_exists
 from chainfeed.web.deps import RuntimeDep
 from chainfeed.wsprotocol import DIRECT_SEND
 
@@ -87,7 +87,7 @@ async def _refuse(socket: WebSocket[Any, Any, Any], code: int, reason: str, *, e
 async def _authenticate(runtime: Runtime, token: str | None) -> tuple[int, float]:
     """``(user id, token expiry)``; AuthError with the reason for the client otherwise."""
     claims = decode_token(token, secret=runtime.settings.jwt_secret)
-    if await get_user(runtime.pool, claims.user_id) is None:
+    if not await user_exists(runtime.pool, claims.user_id):
         raise AuthError("invalid token")
     return claims.user_id, float(claims.expires_at)
 
@@ -154,13 +154,8 @@ async def _serve(
     started = time.monotonic()
     code = 1006
     try:
-        session = Session(
-            conn,
-            _Socket(socket),
-            functools.partial(replay_page, runtime.pool),
-            functools.partial(replay_late, runtime.pool),
-            functools.partial(replay_recent, runtime.pool),
-        )
+        late, page = _resume_queries(runtime)
+        session = Session(conn, _Socket(socket), page, late, functools.partial(replay_recent, runtime.pool))
         code = await session.run(since)
     finally:
         await hub.close(conn)
@@ -171,6 +166,34 @@ async def _serve(
             duration_seconds=round(time.monotonic() - started, 3),
             total_connections=hub.total,
         )
+
+
+def _resume_queries(runtime: Runtime) -> tuple[ReplayPage, ReplayPage]:
+    """A connection's ``(late, page)`` replay queries for its Session, one query per resume.
+
+    The session asks for the late items, then for pages until one is empty: three queries for
+    a resume with anything to send, two without. The late query here fetches the first page
+    along (:func:`chainfeed.delivery.replay_resume`) and hands it to the next page request; when
+    that page was short, the request after it is answered with nothing, without a query: what
+    was committed after the query was published after the user's channel was subscribed, and
+    reaches the connection live.
+    """
+    pool = runtime.pool
+    ahead: dict[int, list[tuple[int, str]]] = {}  # pages already fetched, by the id they follow
+
+    async def late(user_id: int, since: int) -> list[tuple[int, str]]:
+        frames, first, last = await replay_resume(pool, user_id, since)
+        ahead.clear()
+        ahead[since] = first
+        if last and first:
+            ahead[first[-1][0]] = []
+        return frames
+
+    async def page(user_id: int, after: int) -> list[tuple[int, str]]:
+        fetched = ahead.pop(after, None)
+        return fetched if fetched is not None else await replay_page(pool, user_id, after)
+
+    return late, page
 
 
 ROUTES: list[ControllerRouterHandler] = [feed_socket]
