@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 
 import asyncpg
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 
 from chainfeed.domain.tokens import issue_token
 from chainfeed.hub import Hub
+from chainfeed.server import quiet_handshake_lines
 from tests.conftest import JWT_SECRET, AppFactory, RunningApp, app_runtime
 from tests.delivery_support import (
     client,
@@ -345,3 +347,25 @@ async def test_a_deleted_user_is_refused_with_4401_on_the_next_connect(
     async with client(app, body["access_token"], since=0) as ws:
         assert await closed_with(ws) == (4401, "invalid token")
 
+
+def test_per_connection_handshake_lines_are_dropped_unless_logging_at_debug() -> None:
+    """uvicorn's and websockets' INFO lines for every connection go; a refused handshake stays."""
+    logger = logging.getLogger("uvicorn.error")
+
+    def record(message: str, *args: str) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.INFO, __file__, 1, message, args, None)
+
+    accepted = record('%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", "/ws?token=x")
+    refused = record('%s - "WebSocket %s" 403', "127.0.0.1:5000", "/ws?token=x")
+    try:
+        quiet_handshake_lines("info")
+        quiet_handshake_lines("info")  # idempotent: one filter
+        assert len(logger.filters) == 1
+        assert not logger.filter(accepted)
+        assert not logger.filter(record("connection open"))
+        assert logger.filter(refused)
+        quiet_handshake_lines("debug")
+        assert logger.filter(accepted)
+    finally:
+        quiet_handshake_lines("debug")
+    assert logger.filters == []

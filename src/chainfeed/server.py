@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import uvicorn
@@ -13,10 +14,35 @@ from chainfeed.observability.logging import configure_logging
 from chainfeed.web import create_app
 from chainfeed.wsprotocol import WebSocketProtocol
 
-__all__ = ["app_from_env", "uvicorn_config"]
+__all__ = ["app_from_env", "quiet_handshake_lines", "uvicorn_config"]
 
 #: Inbound WebSocket frames larger than this are refused with close code 1009 (SPEC).
 WS_MAX_INBOUND_BYTES = 4096
+#: What uvicorn and websockets log at INFO for every WebSocket (on the ``uvicorn.error`` logger).
+_HANDSHAKE_LINES = frozenset({'%s - "WebSocket %s" [accepted]', "connection open", "connection closed"})
+
+
+class _QuietHandshakes(logging.Filter):
+    """Drops the three INFO lines uvicorn and websockets write per WebSocket connection.
+
+    Each went through the whole structlog chain (the first one with the query string to redact)
+    for facts our own ``websocket client connected`` / ``disconnected`` lines already carry: in a
+    reconnect storm that was some 5 % of the process's CPU. Refused handshakes and anything at
+    WARNING or above still pass; at CHAINFEED_LOG_LEVEL=debug the filter is not installed.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != logging.INFO or record.msg not in _HANDSHAKE_LINES
+
+
+def quiet_handshake_lines(level: str) -> None:
+    """Install :class:`_QuietHandshakes` on uvicorn's logger unless logging at debug (idempotent)."""
+    logger = logging.getLogger("uvicorn.error")
+    for existing in logger.filters:
+        if isinstance(existing, _QuietHandshakes):
+            logger.removeFilter(existing)
+    if level != "debug":
+        logger.addFilter(_QuietHandshakes())
 
 
 def uvicorn_config(
@@ -52,5 +78,6 @@ def app_from_env() -> Litestar:
     """The app built from the environment: the factory ``serve`` gives each uvicorn worker."""
     settings = config.load(dev=os.environ.get("CHAINFEED_DEV") == "1")
     configure_logging(fmt=settings.log_format, level=settings.log_level)
+    quiet_handshake_lines(settings.log_level)
     settings.require_services()
     return create_app(settings)
