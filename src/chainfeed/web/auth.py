@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import anyio
@@ -43,6 +44,12 @@ def _session(user: UserDep, runtime: RuntimeDep) -> dict[str, object]:
     }
 
 
+#: scrypt runs in at most this many threads. Each hash takes 16 MiB and a core for ~50 ms: more
+#: threads only add latency, and with anyio's default 40 a burst of logins held ~800 MiB of
+#: RSS for good (each thread's malloc arena keeps its peak; seen in bench/soak.py).
+_KDF_THREADS = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
+
+
 class AuthController(Controller):
     """``/api/auth``: accounts and tokens."""
 
@@ -52,7 +59,7 @@ class AuthController(Controller):
     async def register(self, data: JSONBody[Credentials], runtime: RuntimeDep) -> dict[str, object]:
         """Create an account (409 if the name is taken) and return a token for it."""
         username, password = validate_credentials(data.username, data.password)
-        password_hash = await anyio.to_thread.run_sync(hash_password, password)
+        password_hash = await anyio.to_thread.run_sync(hash_password, password, limiter=_KDF_THREADS)
         user = await create_user(runtime.pool, username, password_hash)
         return _session(user, runtime)
 
@@ -72,7 +79,7 @@ class AuthController(Controller):
             raise AuthError("invalid username or password") from None
         user = await get_user_by_name(runtime.pool, username)
         stored = user.password_hash if user else _DUMMY_HASH
-        valid = await anyio.to_thread.run_sync(verify_password, password, stored)
+        valid = await anyio.to_thread.run_sync(verify_password, password, stored, limiter=_KDF_THREADS)
         if user is None or not valid:
             await limiter.failed(username, ip)
             raise AuthError("invalid username or password")
