@@ -369,3 +369,14 @@ def test_per_connection_handshake_lines_are_dropped_unless_logging_at_debug() ->
     finally:
         quiet_handshake_lines("debug")
     assert logger.filters == []
+
+
+async def test_a_token_seen_before_is_still_refused_once_it_expired(app: RunningApp) -> None:
+    """Verified tokens are remembered for reconnects, but never past their expiry."""
+    user = (await app.register())["user"]
+    token = issue_token(user["id"], secret=JWT_SECRET, ttl_seconds=2)
+    async with client(app, token) as ws:
+        await ready(ws)
+        assert await closed_with(ws, within=5) == (4401, "token expired")
+    async with client(app, token) as ws:
+        assert await closed_with(ws) == (4401, "token expired")
