@@ -96,7 +96,7 @@ class Tab:
                 await asyncio.sleep(1)
 
 
-async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR0915 - one scenario, top to bottom
+async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
     postgres, redis_server = EmbeddedPostgres(root / "postgres"), EmbeddedRedis(root / "redis")
     database_url, redis_url = postgres.start(), redis_server.start()
     await migrate(database_url)
@@ -203,7 +203,7 @@ async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR09
                 )
                 del elapsed
             producer.cancel()
-            await asyncio.gather(producer, return_exceptions=True)
+            await asyncio.wait({producer}, timeout=5)  # bounded: the soak stops by itself
             expected = entries * 2
             deadline = time.monotonic() + 30
             while sum(t.received for t in tabs) < expected and time.monotonic() < deadline:  # noqa: ASYNC110
@@ -213,7 +213,9 @@ async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR09
         for tab in tabs:
             if tab.task is not None:
                 tab.task.cancel()
-        await asyncio.gather(*(t.task for t in tabs if t.task is not None), return_exceptions=True)
+        pending = {t.task for t in tabs if t.task is not None}
+        if pending:  # bounded: a close handshake that never ends must not hang the soak
+            await asyncio.wait(pending, timeout=20)
         await redis.aclose()
         app.terminate()
         try:
