@@ -224,6 +224,32 @@ def _metric(text: str, name: str) -> float:
     )
 
 
+def _buckets(text: str) -> dict[float, float]:
+    """The app's delivery-latency histogram (entry time -> frame written): ``{le: count}``."""
+    found: dict[float, float] = {}
+    prefix = 'chainfeed_delivery_latency_seconds_bucket{le="'
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            le = line[len(prefix) : line.index('"', len(prefix))]
+            found[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def _bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, str]:
+    """p50/p99 of the app's own latency histogram over the phase, as bucket bounds (``<= x ms``).
+
+    Measured by the server (stream entry time to frame written): set beside the clients' figures
+    it tells the server's share of the latency from the clients' and the machine's.
+    """
+    delta = sorted((le, after.get(le, 0.0) - before.get(le, 0.0)) for le in after)
+    total = delta[-1][1] if delta else 0.0
+    result = {}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        bound = next((le for le, count in delta if total and count >= q * total), float("inf"))
+        result[name] = f"<= {bound * 1000:g} ms"
+    return result
+
+
 def _tab_plan(users: int, connections: int) -> list[int]:
     """Tabs per user: a fifth of the users with one, a fifth with three, the rest with two."""
     plan = [2] * users
@@ -440,7 +466,9 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
             sent_by_phase: list[list[int]] = []
             for index, (name, rate, duration) in enumerate(plans, start=1):
                 await asyncio.sleep(1.0)
-                sent_before = _metric((await http.get("/metrics")).text, "websocket_messages_sent_total")
+                text = (await http.get("/metrics")).text
+                sent_before = _metric(text, "websocket_messages_sent_total")
+                buckets_before = _buckets(text)
                 app_cpu, redis_cpu = _cpu(app_processes), _cpu(redis_process)
                 app_system = _cpu(app_processes, system_only=True)
                 generator_cpu = _cpu([me, *client_processes])
@@ -454,12 +482,14 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
                         break
                     await asyncio.sleep(0.05)
                 seconds = time.monotonic() - started
+                server_side = _bucket_quantiles(buckets_before, _buckets((await http.get("/metrics")).text))
                 app_cpu = _cpu(app_processes) - app_cpu
                 app_system = _cpu(app_processes, system_only=True) - app_system
                 redis_cpu = _cpu(redis_process) - redis_cpu
                 generator_cpu = _cpu([me, *client_processes]) - generator_cpu
                 rss = sum(p.memory_info().rss for p in app_processes if p.is_running()) / 2**20
                 sent_by_phase.append(sent)
+                print(f"phase {name}: server-side entry->written {server_side}", file=sys.stderr)
                 phases.append(
                     Phase(
                         name,
