@@ -112,6 +112,8 @@ AUTH_LOGIN_RATE_LIMITED = Counter(
     "Logins refused with 429 by the rate limiter, by the limit that refused them (account, ip).",
     ["scope"],
 )
+for _scope in ("account", "ip"):  # exported as 0 from the start: a panel or rate() sees no gap
+    AUTH_LOGIN_RATE_LIMITED.labels(_scope)
 
 # --- Latency ---------------------------------------------------------------------------------
 STAGE_DURATION = Histogram(
