@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import os
 import pickle
@@ -530,6 +531,10 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
             times.frombytes(raw_times)
         for index, phase in enumerate(phases, start=1):
             _score(phase, index, ids, latencies, times)
+        if args.dump:  # every frame: receive time, latency, phase, for a look at the tail
+            with Path(args.dump).open("w") as out:  # noqa: ASYNC230 - after the measurement
+                for key, latency, at in zip(ids, latencies, times, strict=True):
+                    out.write(f"{at:.6f} {latency * 1000:.3f} {int(key % (PHASE_IDS * 16)) // PHASE_IDS}\n")
     finally:
         for client in clients:
             if client.poll() is None:
@@ -627,6 +632,7 @@ def main() -> None:
         import uvloop  # noqa: PLC0415 - the client processes only
 
         spec = json.loads(sys.stdin.readline())
+        gc.disable()  # a short-lived reader: its GC pauses would show as the server's latency
         uvloop.run(_client_main(spec))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -645,6 +651,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra app setting")
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
+    parser.add_argument("--dump", metavar="FILE", help="write every frame's receive time and latency")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
