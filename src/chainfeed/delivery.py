@@ -25,7 +25,6 @@ import asyncpg
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from chainfeed.domain.entries import PoisonEntry, entry_millis, parse_entry
@@ -78,10 +77,9 @@ _OUTAGES: tuple[type[BaseException], ...] = (RedisError, asyncpg.PostgresError, 
 class Consumer:
     """This process's consumer: reads new entries, claims idle ones, hands each batch off."""
 
-    def __init__(self, group: ConsumerGroup, *, pool: asyncpg.Pool, redis: Redis, settings: Settings) -> None:
+    def __init__(self, group: ConsumerGroup, *, pool: asyncpg.Pool, settings: Settings) -> None:
         self.group = group
         self._pool = pool
-        self._redis = redis
         self._settings = settings
         self._last_poll = time.monotonic()
         # The last error of entries left for retry, so a dead letter written by this process
@@ -185,9 +183,7 @@ class Consumer:
             # One round trip: the publishes, then XACK of the batch behind them.
             started = time.perf_counter()
             if defer and not recording():
-                deferred = self.group.publish_and_ack_commands(
-                    [(m[0], pack_push(m[1], m[2], m[3])) for m in messages], acks
-                )
+                deferred = self.group.publish_and_ack_commands(_untraced(messages), acks)
             else:
                 await _fan_out(self.group, messages, acks)
             _FANOUT_STAGE.observe(time.perf_counter() - started)
@@ -299,7 +295,7 @@ async def _fan_out(group: ConsumerGroup, messages: Sequence[Prepared], acks: Seq
     spans go nowhere (no exporter), pushes carry no trace context and the hubs start no span.
     """
     if not recording() or not messages:
-        await group.publish_and_ack([(m[0], pack_push(m[1], m[2], m[3])) for m in messages], acks)
+        await group.publish_and_ack(_untraced(messages), acks)
         return
     first = messages[0][4]
     with tracer.start_as_current_span(
@@ -332,6 +328,13 @@ async def _fan_out(group: ConsumerGroup, messages: Sequence[Prepared], acks: Seq
             ],
             acks,
         )
+
+
+def _untraced(messages: Sequence[Prepared]) -> list[tuple[str, str]]:
+    """``(channel, push)`` pairs carrying no trace context (spans go nowhere)."""
+    return [
+        (channel, pack_push(item_id, entry_ms, frame)) for channel, item_id, entry_ms, frame, _ in messages
+    ]
 
 
 def _letter(entry_id: str, fields: dict[str, str], deliveries: int, error: str) -> tuple[str, dict[str, str]]:
@@ -417,7 +420,7 @@ async def start(runtime: Runtime) -> None:
         runtime.redis, presence=presence, max_total=settings.ws_max_total, send_queue=settings.ws_send_queue
     )
     runtime.hub = hub
-    consumer = Consumer(group, pool=runtime.pool, redis=runtime.redis, settings=settings)
+    consumer = Consumer(group, pool=runtime.pool, settings=settings)
     runtime.start_worker("hub-subscriber", hub.run())
     runtime.start_worker("stream-consumer", consumer.run())
     runtime.start_worker("stream-claimer", consumer.run_claims())

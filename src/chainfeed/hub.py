@@ -16,7 +16,6 @@ by whichever instance holds it).
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from redis.asyncio import Redis
 
 from chainfeed.domain.frames import Evict, Push, text_frame, unpack
 from chainfeed.fanout import Presence, Subscriber
+from chainfeed.leanqueue import LeanQueue
 from chainfeed.names import HUB_CHANNEL, USER_CHANNEL_PREFIX, user_channel
 from chainfeed.observability.metrics import (
     DELIVERY_LATENCY,
@@ -38,7 +38,7 @@ from chainfeed.observability.metrics import (
 )
 from chainfeed.observability.tracing import push_span
 
-__all__ = ["RESYNC", "Connection", "Hub", "Outgoing", "SendQueue"]
+__all__ = ["RESYNC", "Connection", "Hub", "Outgoing"]
 
 log = structlog.get_logger(__name__)
 
@@ -52,63 +52,13 @@ RESYNC: Outgoing = (None, -1, 0.0, "")
 _PUSH_STAGE = STAGE_DURATION.labels("push")
 
 
-class SendQueue:
-    """A connection's bounded FIFO of outgoing frames, drained by one writer.
-
-    Lighter than :class:`asyncio.Queue` (three deques per queue, allocated up front): an idle
-    connection holds no deque and no future here, which counts when a process holds 20,000.
-    """
-
-    __slots__ = ("_items", "_limit", "_waiter")
-
-    def __init__(self, limit: int) -> None:
-        self._items: collections.deque[Outgoing] | None = None
-        self._limit = limit
-        self._waiter: asyncio.Future[None] | None = None
-
-    def empty(self) -> bool:
-        """Nothing waiting."""
-        return not self._items
-
-    def put_nowait(self, item: Outgoing) -> None:
-        """Append; raises :class:`asyncio.QueueFull` over the limit."""
-        items = self._items
-        if items is None:
-            items = self._items = collections.deque()
-        elif len(items) >= self._limit:
-            raise asyncio.QueueFull
-        items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def get_nowait(self) -> Outgoing:
-        """The oldest item; raises :class:`asyncio.QueueEmpty` when there is none."""
-        items = self._items
-        if not items:
-            raise asyncio.QueueEmpty
-        item = items.popleft()
-        if not items:
-            self._items = None
-        return item
-
-    async def get(self) -> Outgoing:
-        """The oldest item, waiting for one."""
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self.get_nowait()
-
-
 @dataclass(eq=False, slots=True)
 class Connection:
     """One open WebSocket of ``user_id`` on this instance."""
 
     id: str
     user_id: int
-    queue: SendQueue
+    queue: LeanQueue[Outgoing]
     opened_at: float = field(default_factory=time.monotonic)
     #: Set once: why the server closes this connection (code, reason).
     close_request: tuple[int, str] | None = None
@@ -209,7 +159,7 @@ class Hub:
         conn = Connection(
             id=f"{self.presence.instance_id}|{next(self._ids)}",
             user_id=user_id,
-            queue=SendQueue(self._send_queue),
+            queue=LeanQueue(self._send_queue),
         )
         user = self._users.get(user_id)
         if user is None:

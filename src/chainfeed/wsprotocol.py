@@ -24,7 +24,6 @@ ASGI cannot express two things the SPEC needs, so they live at the protocol leve
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +36,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter
 
+from chainfeed.leanqueue import LeanQueue
+
 __all__ = ["COMPRESS_MIN_BYTES", "DIRECT_SEND", "WebSocketProtocol"]
 
 #: Messages shorter than this are sent uncompressed even when deflate was negotiated.
@@ -44,41 +45,6 @@ COMPRESS_MIN_BYTES = 1024
 
 #: ASGI scope extension holding :meth:`WebSocketProtocol.write_frame` of the connection.
 DIRECT_SEND = "chainfeed.direct_send"
-
-
-class _LeanQueue:
-    """What uvicorn uses of its per-connection :class:`asyncio.Queue`, without three idle deques."""
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: collections.deque[Any] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def qsize(self) -> int:
-        return len(self._items) if self._items else 0
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def put_nowait(self, item: Any) -> None:
-        if self._items is None:
-            self._items = collections.deque()
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def get(self) -> Any:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        item = self._items.popleft()
-        if not self._items:
-            self._items = None
-        return item
 
 
 class _LeanEvent:
@@ -157,7 +123,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Per-connection memory (bench/connections.py): lean stand-ins for uvicorn's primitives.
-        self.queue: Any = _LeanQueue()
+        self.queue: Any = LeanQueue()
         self.writable: Any = _LeanEvent()
         if self.config.ws_per_message_deflate:  # our deflate instead of uvicorn's (see above)
             self.conn = ServerProtocol(
