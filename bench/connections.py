@@ -66,8 +66,8 @@ import asyncpg
 import httpx
 import psutil
 
+from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from chainfeed.domain.tokens import issue_token
-from chainfeed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from chainfeed.storage import migrate
 
 JWT_SECRET = "connections-" + secrets.token_hex(24)

@@ -54,9 +54,9 @@ import httpx
 import psutil
 from redis.asyncio import Redis
 
+from chainfeed.broker.wire import Commands
+from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from chainfeed.domain.tokens import issue_token
-from chainfeed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from chainfeed.redis_wire import Commands
 from chainfeed.storage import migrate
 
 JWT_SECRET = "bench-" + secrets.token_hex(24)
@@ -312,7 +312,7 @@ async def _seed(database_url: str, users: int) -> list[int]:
 class _Publisher:
     """XADDs shaped as the outbox relay writes them, paced in 2 ms ticks.
 
-    Sent on ChainFeed's own lean connection (:mod:`chainfeed.redis_wire`): redis-py's pipeline
+    Sent on ChainFeed's own lean connection (:mod:`chainfeed.broker.wire`): redis-py's pipeline
     cost ~50 us per XADD here and capped the max mode at ~9,000 entries/s.
     """
 

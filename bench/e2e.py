@@ -56,10 +56,10 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from chainfeed.devtools.simulate import ActivityFactory
 from chainfeed.domain.signature import sign
 from chainfeed.domain.tokens import issue_token
-from chainfeed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from chainfeed.simulate import ActivityFactory
 from chainfeed.storage import migrate
 
 JWT_SECRET = "e2e-" + secrets.token_hex(24)

@@ -2,7 +2,7 @@
 
 Runs ``chainfeed serve`` as a separate process (as in production; ``--workers`` uvicorn workers,
 each also running the outbox relay and the stream consumer), seeds watchers, then posts
-pre-built, signed Address Activity webhooks (``chainfeed.simulate``'s payloads) from
+pre-built, signed Address Activity webhooks (``chainfeed.devtools.simulate``'s payloads) from
 ``--concurrency`` keep-alive connections until ``--webhooks`` are sent or ``--max-seconds`` pass,
 and waits until the outbox is empty. Reports:
 
@@ -44,9 +44,9 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
+from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from chainfeed.devtools.simulate import ActivityFactory
 from chainfeed.domain.signature import sign
-from chainfeed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from chainfeed.simulate import ActivityFactory
 from chainfeed.storage import migrate
 
 SIGNING_KEY = "whsec_bench_" + secrets.token_hex(8)

@@ -35,7 +35,7 @@ import psutil
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from chainfeed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from chainfeed.storage import migrate
 
 JWT_SECRET = "soak-" + secrets.token_hex(24)

@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 from litestar import Litestar, Request, Response, route
 
-from chainfeed.embedded import free_port
+from chainfeed.devtools.embedded import free_port
 
 TOKEN = "test-alchemy-token"
 WEBHOOK_ID = "wh_test123"

@@ -12,13 +12,10 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -27,11 +24,12 @@ import uvicorn
 from redis.asyncio import Redis
 
 from chainfeed.config import Settings
-from chainfeed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from chainfeed.devtools.embedded import EmbeddedRedis, free_port
+from chainfeed.devtools.services import scratch_services
 from chainfeed.runtime import Runtime
-from chainfeed.server import uvicorn_config
 from chainfeed.storage import migrate
 from chainfeed.web import create_app
+from chainfeed.web.server import uvicorn_config
 
 JWT_SECRET = "test-secret-" + "x" * 40
 SIGNING_KEY = "whsec_test_signing_key"
@@ -40,41 +38,12 @@ SIGNING_KEY = "whsec_test_signing_key"
 @pytest.fixture(scope="session")
 def service_urls() -> Iterator[tuple[str, str]]:
     """(database_url, redis_url) of real servers for the whole session."""
-    ext_db = os.environ.get("CHAINFEED_TEST_DATABASE_URL")
-    ext_redis = os.environ.get("CHAINFEED_TEST_REDIS_URL")
-    if ext_db and ext_redis:
-        with _scratch_database(ext_db) as database_url:
-            yield database_url, ext_redis
-        return
-    root = Path(tempfile.mkdtemp(prefix="chainfeed-test-"))
-    root.chmod(0o755)  # the PostgreSQL service user must traverse it
-    postgres, redis = EmbeddedPostgres(root / "postgres"), EmbeddedRedis(root / "redis")
-    try:
-        yield postgres.start(), redis.start()
-    finally:
-        redis.stop()
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _scratch_database(admin_url: str) -> Iterator[str]:
-    """A new database beside the one ``admin_url`` names, dropped afterwards."""
-    name = f"chainfeed_test_{secrets.token_hex(4)}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    parts = urlsplit(admin_url)
-    try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_services(
+        database_url=os.environ.get("CHAINFEED_TEST_DATABASE_URL"),
+        redis_url=os.environ.get("CHAINFEED_TEST_REDIS_URL"),
+        prefix="chainfeed_test",
+    ) as urls:
+        yield urls
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from chainfeed.config import Settings
-from chainfeed.embedded import free_port
+from chainfeed.devtools.embedded import free_port
 from tests.conftest import RunningApp
 
 DEFAULT_TIMEOUT = 5.0

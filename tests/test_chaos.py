@@ -25,7 +25,7 @@ import pytest
 from redis.asyncio import Redis
 
 from chainfeed.config import Settings
-from chainfeed.embedded import EmbeddedRedis
+from chainfeed.devtools.embedded import EmbeddedRedis
 from tests.chaos_harness import ChaosClient, Feeder, User, account, check, recovered, start_clients
 from tests.conftest import AppFactory, RunningApp
 from tests.delivery_support import served_in_subprocess

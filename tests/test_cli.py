@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chainfeed.devtools.embedded import free_port
 from chainfeed.domain.tokens import decode_token
-from chainfeed.embedded import free_port
 from tests.conftest import JWT_SECRET, RunningApp
 
 CLI = [sys.executable, "-m", "chainfeed"]

@@ -9,7 +9,7 @@ import sys
 
 from redis.asyncio import Redis
 
-from chainfeed.embedded import free_port
+from chainfeed.devtools.embedded import free_port
 
 STREAM, GROUP, DEAD = "feed:stream", "feed:consumers", "feed:stream:dead"
 

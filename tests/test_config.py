@@ -6,7 +6,7 @@ import pytest
 
 from chainfeed.config import load
 from chainfeed.errors import ConfigError
-from chainfeed.server import uvicorn_config
+from chainfeed.web.server import uvicorn_config
 
 GOOD = {"CHAINFEED_JWT_SECRET": "s" * 32, "CHAINFEED_ALCHEMY_SIGNING_KEYS": "k1, k2"}
 

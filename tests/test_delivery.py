@@ -13,9 +13,9 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from chainfeed import delivery
 from chainfeed.config import Settings
-from chainfeed.storage.delivery import persist_entry
+from chainfeed.delivery import consumer as delivery
+from chainfeed.storage.entries import persist_entry
 from chainfeed.storage.pool import create_pool
 from tests.conftest import AppFactory, RunningApp
 from tests.delivery_support import (

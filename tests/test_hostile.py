@@ -22,9 +22,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from chainfeed.delivery.hub import Hub
+from chainfeed.delivery.session import INBOUND_FRAMES_PER_SECOND
 from chainfeed.domain.ratelimit import DEFAULT_LOGIN_POLICY
-from chainfeed.hub import Hub
-from chainfeed.session import INBOUND_FRAMES_PER_SECOND
 from chainfeed.web import webhooks
 from tests.conftest import JWT_SECRET, AppFactory, RunningApp, app_runtime
 from tests.delivery_support import client, closed_with, eventually, ready, recv_frames, ws_url, xadd_hand

@@ -11,8 +11,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from chainfeed.config import Settings
+from chainfeed.devtools.embedded import EmbeddedRedis
 from chainfeed.domain.alchemy import parse_webhook
-from chainfeed.embedded import EmbeddedRedis
 from chainfeed.storage.ingest import store_webhook
 from tests.conftest import AppFactory, app_runtime
 from tests.ingest_support import (

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from chainfeed.embedded import free_port
+from chainfeed.devtools.embedded import free_port
 from tests.prometheus_harness import (
     ALERT_TESTS,
     ALERTS,

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 from redis.asyncio import Redis
 
-from chainfeed.embedded import free_port
+from chainfeed.devtools.embedded import free_port
 from chainfeed.storage import migrate
 from chainfeed.storage.migrate import available_migrations
 from tests.conftest import RunningApp, app_runtime

@@ -13,14 +13,14 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from chainfeed.broker.publisher import pack_xadd
 from chainfeed.config import Settings
+from chainfeed.devtools.embedded import free_port
 from chainfeed.domain.alchemy import parse_webhook
-from chainfeed.embedded import free_port
-from chainfeed.outbox import OutboxRelay
+from chainfeed.ingest.relay import OutboxRelay
 from chainfeed.runtime import redis_client
 from chainfeed.storage import create_pool
 from chainfeed.storage.ingest import store_webhook
-from chainfeed.stream_publish import pack_xadd
 from tests.conftest import AppFactory, app_runtime
 from tests.ingest_support import activity, address, eventually, post_webhook, stream_entries, watch, webhook
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from chainfeed.embedded import free_port
+from chainfeed.devtools.embedded import free_port
 from tests.alchemy_fake import TOKEN, WEBHOOK_ID, running_fake
 from tests.conftest import AppFactory, app_runtime
 from tests.delivery_support import client, closed_with, ready, recv_frames

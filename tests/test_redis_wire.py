@@ -11,8 +11,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chainfeed.embedded import EmbeddedRedis
-from chainfeed.redis_wire import Commands, encode_commands
+from chainfeed.broker.wire import Commands, encode_commands
+from chainfeed.devtools.embedded import EmbeddedRedis
 
 
 def test_commands_are_encoded_as_resp_arrays_of_bulk_strings() -> None:

@@ -12,8 +12,8 @@ import pytest
 
 from chainfeed.cli import main
 from chainfeed.cli.simulate import run_in_background, watched_addresses
+from chainfeed.devtools.simulate import ActivityFactory, SimulationStats, simulate, webhook_url
 from chainfeed.domain.alchemy import parse_webhook
-from chainfeed.simulate import ActivityFactory, SimulationStats, simulate, webhook_url
 from tests.conftest import SIGNING_KEY, AppFactory, RunningApp
 from tests.ingest_support import address, eventually, watch
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from chainfeed.stream import ConsumerGroup
+from chainfeed.broker.streams import ConsumerGroup
 
 STREAM, GROUP = "feed:stream", "feed:consumers"
 _opened: list[ConsumerGroup] = []

@@ -13,9 +13,9 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from chainfeed.delivery.hub import Hub
 from chainfeed.domain.tokens import issue_token
-from chainfeed.hub import Hub
-from chainfeed.server import quiet_handshake_lines
+from chainfeed.web.server import quiet_handshake_lines
 from tests.conftest import JWT_SECRET, AppFactory, RunningApp, app_runtime
 from tests.delivery_support import (
     client,

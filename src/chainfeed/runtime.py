@@ -19,12 +19,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from chainfeed import delivery, outbox
 from chainfeed.alchemy_api import AlchemyApi
-from chainfeed.alchemy_sync import AlchemySync, sync_settings_summary
 from chainfeed.config import Settings
-from chainfeed.hub import Hub
-from chainfeed.outbox import OutboxRelay
+from chainfeed.delivery import consumer as delivery
+from chainfeed.delivery.hub import Hub
+from chainfeed.ingest import relay as outbox
+from chainfeed.ingest.alchemy_sync import AlchemySync, sync_settings_summary
+from chainfeed.ingest.relay import OutboxRelay
 from chainfeed.storage import create_pool
 
 __all__ = ["Runtime", "open_runtime", "redis_client"]

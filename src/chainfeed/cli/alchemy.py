@@ -10,8 +10,8 @@ import asyncpg
 
 from chainfeed import config
 from chainfeed.alchemy_api import AlchemyApi
-from chainfeed.alchemy_sync import AlchemySync, full_sync
 from chainfeed.errors import ConfigError
+from chainfeed.ingest.alchemy_sync import AlchemySync, full_sync
 from chainfeed.storage import create_pool
 from chainfeed.storage.alchemy_sync import pending_count
 

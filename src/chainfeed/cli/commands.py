@@ -15,8 +15,8 @@ from chainfeed.domain.tokens import issue_token
 from chainfeed.errors import ConfigError, NotFoundError
 from chainfeed.observability.logging import configure_logging
 from chainfeed.observability.multiprocess import multiprocess_metrics
-from chainfeed.server import uvicorn_config
 from chainfeed.storage import migrate as apply_migrations
+from chainfeed.web.server import uvicorn_config
 
 __all__ = ["dev", "migrate", "serve", "token"]
 
@@ -32,7 +32,7 @@ def serve(args: argparse.Namespace) -> int:
     database_url, _ = settings.require_services()
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     asyncio.run(apply_migrations(database_url))
-    cfg = uvicorn_config("chainfeed.server:app_from_env", settings, host=args.host, port=args.port,
+    cfg = uvicorn_config("chainfeed.web.server:app_from_env", settings, host=args.host, port=args.port,
                          workers=args.workers)  # fmt: skip
     server = uvicorn.Server(cfg)
     if args.workers > 1:

@@ -24,13 +24,13 @@ import uvicorn
 from chainfeed import config
 from chainfeed.cli import simulate as simulator
 from chainfeed.config import Settings
+from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from chainfeed.domain.passwords import hash_password
 from chainfeed.domain.tokens import issue_token
-from chainfeed.embedded import EmbeddedPostgres, EmbeddedRedis
 from chainfeed.observability.logging import configure_logging
-from chainfeed.server import uvicorn_config
 from chainfeed.storage import migrate
 from chainfeed.web import create_app
+from chainfeed.web.server import uvicorn_config
 
 __all__ = ["DEMO_ADDRESS", "DEMO_PASSWORD", "DEMO_USER", "run_dev"]
 

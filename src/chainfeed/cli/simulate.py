@@ -22,9 +22,9 @@ import structlog
 
 from chainfeed import config
 from chainfeed.config import Settings
+from chainfeed.devtools.simulate import AddressSource, SimulationStats, simulate
 from chainfeed.domain.addresses import normalize_address
 from chainfeed.errors import ConfigError, ValidationError
-from chainfeed.simulate import AddressSource, SimulationStats, simulate
 
 __all__ = ["run_in_background", "simulate_command"]
 

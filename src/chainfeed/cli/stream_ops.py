@@ -12,9 +12,9 @@ from typing import TypeVar
 from redis.asyncio import Redis
 
 from chainfeed import config
+from chainfeed.broker.admin import StreamInfo, dlq_list, dlq_purge, dlq_replay, entry_age_seconds, stream_info
 from chainfeed.config import Settings
 from chainfeed.errors import ConfigError, NotFoundError
-from chainfeed.stream_admin import StreamInfo, dlq_list, dlq_purge, dlq_replay, entry_age_seconds, stream_info
 
 __all__ = ["info_command", "list_command", "purge_command", "replay_command"]
 

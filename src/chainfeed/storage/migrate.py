@@ -11,7 +11,7 @@ from importlib import resources
 import asyncpg
 import structlog
 
-__all__ = ["available_migrations", "migrate"]
+__all__ = ["available_migrations", "create_database", "drop_database", "migrate"]
 
 _LOCK_KEY = 0x63686169  # "chai": an arbitrary constant shared by every instance
 log = structlog.get_logger(__name__)
@@ -55,3 +55,28 @@ async def migrate(dsn: str) -> list[str]:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     finally:
         await conn.close()
+
+
+async def create_database(admin_url: str, name: str) -> None:
+    """``CREATE DATABASE name`` on the server ``admin_url`` names (scratch databases, dev tools)."""
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{_identifier(name)}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    """Drop ``name`` even while clients are connected (``WITH (FORCE)``, PostgreSQL 13+)."""
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{_identifier(name)}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _identifier(name: str) -> str:
+    """``name`` when it is a plain identifier; database names here are ours, never user input."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"not a plain identifier: {name!r}")
+    return name

@@ -11,10 +11,10 @@ from litestar import Controller, Request, get, post
 from litestar.di import Provide
 from litestar.params import JSONBody
 
+from chainfeed.broker.logins import LoginLimiter
 from chainfeed.domain.passwords import hash_password, validate_credentials, verify_password
 from chainfeed.domain.tokens import issue_token
 from chainfeed.errors import AuthError, ValidationError
-from chainfeed.ratelimit import LoginLimiter
 from chainfeed.storage.users import create_user, get_user_by_name
 from chainfeed.web.deps import RuntimeDep, UserDep, provide_user
 from chainfeed.web.openapi import error_responses

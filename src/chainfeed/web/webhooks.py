@@ -2,7 +2,7 @@
 
 The handler reads the raw body itself (the signature covers the exact bytes, so nothing may parse
 it first); Litestar enforces ``request_max_body_size`` while it is read, and the 413 is counted
-here. Everything else (401, 400, 503) is raised by :func:`chainfeed.ingest.ingest_webhook` and
+here. Everything else (401, 400, 503) is raised by :func:`chainfeed.ingest.webhook.ingest_webhook` and
 mapped to answers in ``chainfeed.web.errors``.
 """
 
@@ -18,7 +18,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ControllerRouterHandler
 
 from chainfeed.errors import UnavailableError
-from chainfeed.ingest import ingest_webhook, reject_too_large
+from chainfeed.ingest.webhook import ingest_webhook, reject_too_large
 from chainfeed.observability.metrics import WEBHOOK_REQUESTS
 from chainfeed.web.deps import RuntimeDep
 from chainfeed.web.openapi import error_responses

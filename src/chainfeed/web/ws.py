@@ -20,17 +20,17 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.types import ControllerRouterHandler
 
-from chainfeed.delivery import replay_page, replay_recent, replay_resume
+from chainfeed.delivery.consumer import replay_page, replay_recent, replay_resume
+from chainfeed.delivery.hub import Hub
+from chainfeed.delivery.session import ClientGone, ReplayPage, Session
 from chainfeed.domain.frames import parse_since
 from chainfeed.domain.tokens import Claims, decode_token
 from chainfeed.errors import AuthError
-from chainfeed.hub import Hub
 from chainfeed.observability.metrics import WEBSOCKET_ERRORS
 from chainfeed.runtime import Runtime
-from chainfeed.session import ClientGone, ReplayPage, Session
 from chainfeed.storage.users import user_exists
 from chainfeed.web.deps import RuntimeDep
-from chainfeed.wsprotocol import DIRECT_SEND
+from chainfeed.web.wsprotocol import DIRECT_SEND
 
 __all__ = ["ROUTES"]
 
@@ -45,7 +45,7 @@ _VERIFIED_MAX = 10_000
 
 
 class _Socket:
-    """Litestar's WebSocket as a :class:`chainfeed.session.Socket`."""
+    """Litestar's WebSocket as a :class:`chainfeed.delivery.session.Socket`."""
 
     def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
         self._socket = socket
@@ -190,7 +190,7 @@ def _resume_queries(runtime: Runtime) -> tuple[ReplayPage, ReplayPage]:
 
     The session asks for the late items, then for pages until one is empty: three queries for
     a resume with anything to send, two without. The late query here fetches the first page
-    along (:func:`chainfeed.delivery.replay_resume`) and hands it to the next page request; when
+    along (:func:`chainfeed.delivery.consumer.replay_resume`) and hands it to the next page request; when
     that page was short, the request after it is answered with nothing, without a query: what
     was committed after the query was published after the user's channel was subscribed, and
     reaches the connection live.

@@ -28,9 +28,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from chainfeed.broker.wire import Wire, open_wire
 from chainfeed.domain.frames import EVICT_PREFIX
 from chainfeed.names import INSTANCES_KEY, RESYNC_MARKER_CHANNEL, user_connections_key
-from chainfeed.redis_wire import Wire, open_wire
 
 __all__ = ["INSTANCE_STALE_MS", "Presence", "Subscriber"]
 

@@ -27,12 +27,13 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind
 from redis.exceptions import RedisError, ResponseError
 
+from chainfeed.broker.pubsub import Presence
+from chainfeed.broker.streams import Command, ConsumerGroup
+from chainfeed.delivery.hub import Hub
 from chainfeed.domain.entries import PoisonEntry, entry_millis, parse_entry
 from chainfeed.domain.frames import encode_frame, encode_item, pack_push
 from chainfeed.domain.retry import Verdict, after_failure, dead_letter_fields, exhausted
 from chainfeed.errors import UnavailableError
-from chainfeed.fanout import Presence
-from chainfeed.hub import Hub
 from chainfeed.names import USER_CHANNEL_PREFIX, user_channel
 from chainfeed.observability.metrics import (
     DEAD_LETTERS,
@@ -44,10 +45,9 @@ from chainfeed.observability.metrics import (
     STAGE_DURATION,
 )
 from chainfeed.observability.tracing import extract_context, format_traceparent, recording, tracer
-from chainfeed.storage.delivery import persist_entry
+from chainfeed.storage.entries import persist_entry
 from chainfeed.storage.feed import feed_committed_late, feed_published_since, feed_resume, feed_since
 from chainfeed.storage.pool import POSTGRES_DOWN
-from chainfeed.stream import Command, ConsumerGroup
 
 if TYPE_CHECKING:
     from chainfeed.config import Settings

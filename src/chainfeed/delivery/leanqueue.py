@@ -4,8 +4,8 @@
 process holding 20,000 connections pays for every one of them while nothing waits
 (bench/connections.py traced ~12 KiB per connection to such empty deques). This queue holds a
 deque only while items wait and a future only while its consumer waits. Used for each
-connection's outgoing frames (:mod:`chainfeed.hub`) and for what uvicorn hands the app
-(:mod:`chainfeed.wsprotocol`).
+connection's outgoing frames (:mod:`chainfeed.delivery.hub`) and for what uvicorn hands the app
+(:mod:`chainfeed.web.wsprotocol`).
 """
 
 from __future__ import annotations

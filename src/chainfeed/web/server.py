@@ -13,7 +13,7 @@ from chainfeed import config
 from chainfeed.config import Settings
 from chainfeed.observability.logging import configure_logging
 from chainfeed.web import create_app
-from chainfeed.wsprotocol import WebSocketProtocol
+from chainfeed.web.wsprotocol import WebSocketProtocol
 
 __all__ = ["app_from_env", "quiet_handshake_lines", "uvicorn_config"]
 

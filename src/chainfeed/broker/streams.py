@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from chainfeed.redis_wire import Commands
+from chainfeed.broker.wire import Commands
 
 #: A Redis command as its parts.
 Command = list[str]
@@ -179,7 +179,7 @@ class ConsumerGroup:
 
         ``after``: commands sent first, in the same write (the last batch's publishes and XACK);
         a refused one raises ResponseError. On the group's own connection
-        (:mod:`chainfeed.redis_wire`): this is the hot loop.
+        (:mod:`chainfeed.broker.wire`): this is the hot loop.
         """
         read = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", str(count), "BLOCK", str(block_ms)]
         replies = await self.wire.execute(

@@ -29,10 +29,10 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from chainfeed.broker.publisher import RedisProbe, StreamPublisher
 from chainfeed.observability.metrics import OUTBOX_BACKLOG, STAGE_DURATION
 from chainfeed.storage import outbox as store
 from chainfeed.storage.pool import POSTGRES_DOWN
-from chainfeed.stream_publish import RedisProbe, StreamPublisher
 
 if TYPE_CHECKING:
     from chainfeed.runtime import Runtime

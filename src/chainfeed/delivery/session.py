@@ -27,8 +27,8 @@ from typing import Protocol
 
 import structlog
 
+from chainfeed.delivery.hub import Connection
 from chainfeed.domain.frames import PONG_FRAME, Ping, Resume, parse_client_message
-from chainfeed.hub import Connection
 from chainfeed.observability.metrics import (
     DELIVERY_LATENCY,
     STAGE_DURATION,

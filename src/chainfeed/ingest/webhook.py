@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from chainfeed.domain.alchemy import Webhook, metric_category, parse_webhook
 from chainfeed.domain.signature import signature_valid
 from chainfeed.errors import AuthError, UnavailableError, ValidationError
+from chainfeed.ingest.relay import OutboxRelay
 from chainfeed.observability.metrics import (
     ACTIVITIES_INGESTED,
     FEED_ITEMS_CREATED,
@@ -38,7 +39,6 @@ from chainfeed.observability.metrics import (
     WEBHOOK_REQUESTS,
 )
 from chainfeed.observability.tracing import inject_context, tracer
-from chainfeed.outbox import OutboxRelay
 from chainfeed.storage.ingest import StoredWebhook, store_webhook
 from chainfeed.storage.pool import POSTGRES_DOWN
 

@@ -36,7 +36,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter
 
-from chainfeed.leanqueue import LeanQueue
+from chainfeed.delivery.leanqueue import LeanQueue
 
 __all__ = ["COMPRESS_MIN_BYTES", "DIRECT_SEND", "WebSocketProtocol"]
 

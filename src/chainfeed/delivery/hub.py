@@ -1,12 +1,12 @@
 """The WebSocket hub: this process's connections per user, their bounded send queues, and fan-out.
 
-Pushes reach the hub from the user's PUB/SUB channel (:mod:`chainfeed.fanout`), already encoded:
+Pushes reach the hub from the user's PUB/SUB channel (:mod:`chainfeed.broker.pubsub`), already encoded:
 :meth:`Hub.dispatch` hands that one text to every local tab of the user, without ever waiting.
 A tab whose writer is idle (nothing queued, live, its socket writable) gets the frame written at
 once: serialized once per push, the same bytes for every tab (:attr:`Connection.direct`). Any
 other tab gets it queued, in order behind what is waiting; a queue that is full means its client
 does not read: that connection is closed with 4408 and nobody else notices. Each queue is drained
-by its connection's own writer (:mod:`chainfeed.session`).
+by its connection's own writer (:mod:`chainfeed.delivery.session`).
 
 Limits: ``ws_max_total`` per process (a new connection over it is refused with 1013) and
 ``ws_max_per_user`` across all instances (the oldest connection of the user is closed with 4429,
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import structlog
 from redis.asyncio import Redis
 
+from chainfeed.broker.pubsub import Presence, Subscriber
+from chainfeed.delivery.leanqueue import LeanQueue
 from chainfeed.domain.frames import Evict, Push, text_frame, unpack
-from chainfeed.fanout import Presence, Subscriber
-from chainfeed.leanqueue import LeanQueue
 from chainfeed.names import HUB_CHANNEL, USER_CHANNEL_PREFIX, user_channel
 from chainfeed.observability.metrics import (
     DELIVERY_LATENCY,

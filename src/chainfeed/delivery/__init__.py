@@ -1,0 +1,1 @@
+"""Delivery: the Redis stream -> consumer -> users' channels -> hub -> each tab's session."""

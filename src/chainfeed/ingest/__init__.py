@@ -1,0 +1,1 @@
+"""Ingest: Alchemy webhook -> PostgreSQL (with the outbox) -> relay -> the Redis stream; the address sync."""
