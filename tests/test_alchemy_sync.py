@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from chainfeed.domain.alchemy_sync import Outcome, backoff_seconds, classify, patches
+from chainfeed.domain.alchemy_sync import SYNC_BACKOFF, Outcome, classify, patches
 from chainfeed.observability.metrics import ALCHEMY_SYNC_REQUESTS
 from chainfeed.storage.alchemy_sync import record_watch_change
 from tests.alchemy_fake import TOKEN, WEBHOOK_ID, FakeAlchemy, running_fake
@@ -59,7 +60,7 @@ def test_classify_and_backoff() -> None:
     assert classify(None) is classify(429) is classify(503) is Outcome.RETRY
     assert classify(401) is classify(403) is Outcome.UNAUTHORIZED
     assert classify(400) is Outcome.REJECTED
-    delays = [backoff_seconds(n, jitter=0) for n in range(1, 12)]
+    delays = [dataclasses.replace(SYNC_BACKOFF, jitter=0).delay(n) for n in range(1, 12)]
     assert delays[:4] == [1, 2, 4, 8]
     assert max(delays) == 300
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from chainfeed.config import Settings
-from chainfeed.delivery import consumer as delivery
+from chainfeed.delivery import maintenance
 from chainfeed.storage.entries import persist_entry
 from chainfeed.storage.pool import create_pool
 from tests.conftest import AppFactory, RunningApp
@@ -149,7 +149,7 @@ async def test_maintenance_trims_history_keeps_unacknowledged_and_reports_gauges
     app_factory: AppFactory, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With maxlen 5: acknowledged history goes, an entry held by a stuck consumer stays, gauges tell."""
-    monkeypatch.setattr(delivery, "MAINTENANCE_SECONDS", 0.05)
+    monkeypatch.setattr(maintenance, "MAINTENANCE_SECONDS", 0.05)
     await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     stuck = await redis.xadd(STREAM, {"user_id": "1", "payload": "{}", "feed_item_id": "1"})
     await redis.xreadgroup(GROUP, "stuck", {STREAM: ">"}, count=1)  # pending until claimed

@@ -8,20 +8,21 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from chainfeed.domain.entries import PoisonEntry, entry_millis, parse_entry
+from chainfeed.domain.entries import entry_millis, parse_entry
 from chainfeed.domain.frames import (
+    EVICT_PREFIX,
     Evict,
     Ping,
     Push,
     Resume,
     encode_frame,
-    pack_evict,
     pack_push,
     parse_client_message,
     parse_since,
     text_frame,
     unpack,
 )
+from chainfeed.errors import PoisonEntry
 
 
 def test_a_relay_entry_names_its_committed_feed_item() -> None:
@@ -96,7 +97,7 @@ def test_frame_has_the_spec_shape_and_embeds_the_payload_as_written() -> None:
 def test_envelopes_round_trip() -> None:
     frame = '{"type":"test","id":3}'
     assert unpack(pack_push(3, 1714564800000, frame)) == Push(3, 1714564800000, frame)
-    assert unpack(pack_evict("host-1-ab|7")) == Evict("host-1-ab|7")
+    assert unpack(EVICT_PREFIX + "host-1-ab|7") == Evict("host-1-ab|7")
     assert unpack("!future-control x") is None
     assert unpack("garbage") is None
 

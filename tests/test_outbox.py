@@ -13,12 +13,12 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from chainfeed.broker.publisher import pack_xadd
+from chainfeed.broker.client import redis_client
+from chainfeed.broker.wire import encode_commands
 from chainfeed.config import Settings
 from chainfeed.devtools.embedded import free_port
 from chainfeed.domain.alchemy import parse_webhook
 from chainfeed.ingest.relay import OutboxRelay
-from chainfeed.runtime import redis_client
 from chainfeed.storage import create_pool
 from chainfeed.storage.ingest import store_webhook
 from tests.conftest import AppFactory, app_runtime
@@ -96,7 +96,7 @@ async def test_several_relays_publish_each_item_once_in_id_order(
         relays = [
             OutboxRelay(pool=pool, redis=client, stream=settings.stream, batch_size=50) for _ in range(3)
         ]
-        counts = await asyncio.gather(*(relay.drain() for relay in relays))
+        counts = await asyncio.gather(*(_drain(relay) for relay in relays))
     finally:
         await client.aclose()
     assert sum(counts) == 600
@@ -121,14 +121,14 @@ async def test_failed_publish_leaves_items_for_the_next_pass(
     dead = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
     try:
         with pytest.raises(RedisConnectionError):
-            await OutboxRelay(pool=pool, redis=dead, stream=settings.stream).drain()
+            await _drain(OutboxRelay(pool=pool, redis=dead, stream=settings.stream))
     finally:
         await dead.aclose()
     assert await _unpublished(db) == 3
     assert await stream_entries(redis) == []
     client = redis_client(settings.redis_url or "")
     try:
-        assert await OutboxRelay(pool=pool, redis=client, stream=settings.stream).drain() == 3
+        assert await _drain(OutboxRelay(pool=pool, redis=client, stream=settings.stream)) == 3
     finally:
         await client.aclose()
     assert len(await stream_entries(redis)) == 3
@@ -185,7 +185,7 @@ async def test_item_deleted_before_publication_is_dropped_quietly(
     await db.execute("DELETE FROM users WHERE id = $1", gone)
     client = redis_client(settings.redis_url or "")
     try:
-        assert await OutboxRelay(pool=pool, redis=client, stream=settings.stream).drain() == 4
+        assert await _drain(OutboxRelay(pool=pool, redis=client, stream=settings.stream)) == 4
     finally:
         await client.aclose()
     assert {e["user_id"] for e in await stream_entries(redis)} == {str(kept)}
@@ -204,15 +204,15 @@ async def test_items_that_came_from_the_stream_are_never_sent_back(
     )
     client = redis_client(settings.redis_url or "")
     try:
-        assert await OutboxRelay(pool=pool, redis=client, stream=settings.stream).drain() == 0
+        assert await _drain(OutboxRelay(pool=pool, redis=client, stream=settings.stream)) == 0
     finally:
         await client.aclose()
     assert await stream_entries(redis) == []
 
 
-def test_pack_xadd_is_the_redis_protocol() -> None:
+def test_xadd_is_encoded_in_the_redis_protocol() -> None:
     """Lengths are in bytes, so non-ASCII payloads travel intact."""
-    packed = pack_xadd(b"feed:stream", {"user_id": "1", "payload": '{"asset":"€"}'})
+    packed = encode_commands([["XADD", "feed:stream", "*", "user_id", "1", "payload", '{"asset":"€"}']])
     assert packed == (
         b"*7\r\n$4\r\nXADD\r\n$11\r\nfeed:stream\r\n$1\r\n*\r\n$7\r\nuser_id\r\n$1\r\n1\r\n"
         b'$7\r\npayload\r\n$15\r\n{"asset":"\xe2\x82\xac"}\r\n'
@@ -236,6 +236,15 @@ async def test_a_refused_xadd_fails_the_batch_and_the_connection_is_not_reused(
         assert await client.ping()  # the pool hands out a clean connection, no stray replies
         assert await relay.drain() == 3
     finally:
+        await relay.close()
         await client.aclose()
     entries = await stream_entries(redis)
     assert [json.loads(e["payload"])["asset"] for e in entries] == ["ETH"] * 3
+
+
+async def _drain(relay: OutboxRelay) -> int:
+    """Drain with a relay made for one call, closing its Redis connection after."""
+    try:
+        return await relay.drain()
+    finally:
+        await relay.close()

@@ -11,7 +11,7 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from chainfeed.broker.pubsub import Presence
+from chainfeed.broker.presence import Presence
 from chainfeed.devtools.embedded import free_port
 from chainfeed.names import INSTANCES_KEY, user_connections_key
 

@@ -20,7 +20,7 @@ __all__ = ["Settings", "load"]
 
 LogFormat = Literal["json", "console"]
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_T = TypeVar("_T")
+_N = TypeVar("_N", int, float)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,46 +77,27 @@ class Settings:
         return self.database_url, self.redis_url
 
 
-def load(environ: Mapping[str, str] | None = None, *, dev: bool = False) -> Settings:
+def load(environ: Mapping[str, str] | None = None, *, dev: bool | None = False) -> Settings:
     """Build :class:`Settings` from ``environ`` (default ``os.environ``).
 
-    With ``dev`` the JWT secret and signing keys may be absent (``chainfeed dev`` makes them)
-    and logs default to the console format; otherwise both secrets are required.
+    A variable that is unset or blank keeps the field's default (written once, on
+    :class:`Settings`). With ``dev`` the JWT secret and signing keys may be absent (``chainfeed
+    dev`` makes them) and logs default to the console format; otherwise both secrets are
+    required. ``dev=None`` takes it from CHAINFEED_DEV=1 (how a uvicorn worker process learns it).
     """
     env = os.environ if environ is None else environ
-    reader = _Reader(env)
-    settings = Settings(
-        database_url=reader.url("CHAINFEED_DATABASE_URL", ("postgres://", "postgresql://")),
-        redis_url=reader.url("CHAINFEED_REDIS_URL", ("redis://", "rediss://", "unix://")),
-        jwt_secret=reader.get("CHAINFEED_JWT_SECRET", "", str),
-        jwt_ttl_seconds=reader.get("CHAINFEED_JWT_TTL_SECONDS", 86400, _positive_int),
-        alchemy_signing_keys=reader.get("CHAINFEED_ALCHEMY_SIGNING_KEYS", (), _csv),
-        stream=reader.get("CHAINFEED_STREAM", DEFAULT_STREAM, _non_empty),
-        consumer_group=reader.get("CHAINFEED_CONSUMER_GROUP", DEFAULT_CONSUMER_GROUP, _non_empty),
-        consumer_name=reader.get(
-            "CHAINFEED_CONSUMER_NAME", f"{socket.gethostname()}-{os.getpid()}", _non_empty
-        ),
-        stream_batch=reader.get("CHAINFEED_STREAM_BATCH", 10, _positive_int),
-        stream_block_ms=reader.get("CHAINFEED_STREAM_BLOCK_MS", 1000, _positive_int),
-        claim_idle_ms=reader.get("CHAINFEED_CLAIM_IDLE_MS", 30000, _positive_int),
-        max_deliveries=reader.get("CHAINFEED_MAX_DELIVERIES", 3, _positive_int),
-        dead_letter_stream=reader.get("CHAINFEED_DEAD_LETTER_STREAM", DEFAULT_DEAD_LETTER_STREAM, _non_empty),
-        stream_maxlen=reader.get("CHAINFEED_STREAM_MAXLEN", 10000, _positive_int),
-        ws_max_per_user=reader.get("CHAINFEED_WS_MAX_PER_USER", 5, _positive_int),
-        ws_max_total=reader.get("CHAINFEED_WS_MAX_TOTAL", 20000, _positive_int),
-        ws_send_queue=reader.get("CHAINFEED_WS_SEND_QUEUE", 256, _positive_int),
-        ws_ping_interval=reader.get("CHAINFEED_WS_PING_INTERVAL", 54.0, _positive_float),
-        ws_pong_timeout=reader.get("CHAINFEED_WS_PONG_TIMEOUT", 60.0, _positive_float),
-        ws_allowed_origins=reader.get("CHAINFEED_WS_ALLOWED_ORIGINS", None, _csv),
-        listen_backlog=reader.get("CHAINFEED_LISTEN_BACKLOG", 4096, _positive_int),
-        log_format=reader.get("CHAINFEED_LOG_FORMAT", "console" if dev else "json", _log_format),
-        log_level=reader.get("CHAINFEED_LOG_LEVEL", "info", _log_level),
-        alchemy_api_url=reader.url("CHAINFEED_ALCHEMY_API_URL", ("https://", "http://"))
-        or "https://dashboard.alchemy.com/api",
-        alchemy_auth_token=reader.get("CHAINFEED_ALCHEMY_AUTH_TOKEN", "", str),
-        alchemy_webhook_id=reader.get("CHAINFEED_ALCHEMY_WEBHOOK_ID", "", str),
-        otlp_endpoint=reader.url("OTEL_EXPORTER_OTLP_ENDPOINT", ("https://", "http://")),
-    )
+    if dev is None:
+        dev = env.get("CHAINFEED_DEV") == "1"
+    values: dict[str, object] = {"log_format": "console"} if dev else {}
+    for field_name, (variable, parse) in _VARIABLES.items():
+        raw = env.get(variable)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[field_name] = parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(variable, f"{exc} (got {raw!r})") from None
+    settings = Settings(**values)  # type: ignore[arg-type]  # each parser returns its field's type
     if not dev:
         _require_secrets(settings)
     elif settings.jwt_secret:
@@ -137,48 +118,32 @@ def _check_secret(secret: str) -> None:
         raise ConfigError("CHAINFEED_JWT_SECRET", "must be at least 32 bytes long")
 
 
-class _Reader:
-    """Reads one variable at a time and turns a parse failure into a ConfigError naming it."""
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not raw.startswith(schemes):
+            raise ValueError(f"must start with one of {', '.join(schemes)}")
+        return raw
 
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
+    return parse
 
-    def get(self, name: str, default: _T, parse: Callable[[str], _T]) -> _T:
-        raw = self._env.get(name)
-        if raw is None or raw.strip() == "":
-            return default
+
+def _positive(kind: Callable[[str], _N], what: str) -> Callable[[str], _N]:
+    """A parser of numbers above zero; ``what`` says in the error what was expected."""
+
+    def parse(raw: str) -> _N:
         try:
-            return parse(raw.strip())
-        except ValueError as exc:
-            raise ConfigError(name, f"{exc} (got {raw!r})") from None
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"must be {what}") from None
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
-    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
-        def parse(raw: str) -> str:
-            if not raw.startswith(schemes):
-                raise ValueError(f"must start with one of {', '.join(schemes)}")
-            return raw
-
-        return self.get(name, None, parse)
+    return parse
 
 
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError("must be a whole number") from None
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("must be a number of seconds") from None
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
+_positive_int = _positive(int, "a whole number")
+_positive_float = _positive(float, "a number of seconds")
 
 
 def _non_empty(raw: str) -> str:
@@ -204,3 +169,35 @@ def _log_level(raw: str) -> str:
     if raw.lower() not in _LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
     return raw.lower()
+
+
+#: Settings field -> (environment variable, parser). Defaults live on :class:`Settings` alone.
+_VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
+    "database_url": ("CHAINFEED_DATABASE_URL", _url("postgres://", "postgresql://")),
+    "redis_url": ("CHAINFEED_REDIS_URL", _url("redis://", "rediss://", "unix://")),
+    "jwt_secret": ("CHAINFEED_JWT_SECRET", str),
+    "jwt_ttl_seconds": ("CHAINFEED_JWT_TTL_SECONDS", _positive_int),
+    "alchemy_signing_keys": ("CHAINFEED_ALCHEMY_SIGNING_KEYS", _csv),
+    "stream": ("CHAINFEED_STREAM", _non_empty),
+    "consumer_group": ("CHAINFEED_CONSUMER_GROUP", _non_empty),
+    "consumer_name": ("CHAINFEED_CONSUMER_NAME", _non_empty),
+    "stream_batch": ("CHAINFEED_STREAM_BATCH", _positive_int),
+    "stream_block_ms": ("CHAINFEED_STREAM_BLOCK_MS", _positive_int),
+    "claim_idle_ms": ("CHAINFEED_CLAIM_IDLE_MS", _positive_int),
+    "max_deliveries": ("CHAINFEED_MAX_DELIVERIES", _positive_int),
+    "dead_letter_stream": ("CHAINFEED_DEAD_LETTER_STREAM", _non_empty),
+    "stream_maxlen": ("CHAINFEED_STREAM_MAXLEN", _positive_int),
+    "ws_max_per_user": ("CHAINFEED_WS_MAX_PER_USER", _positive_int),
+    "ws_max_total": ("CHAINFEED_WS_MAX_TOTAL", _positive_int),
+    "ws_send_queue": ("CHAINFEED_WS_SEND_QUEUE", _positive_int),
+    "ws_ping_interval": ("CHAINFEED_WS_PING_INTERVAL", _positive_float),
+    "ws_pong_timeout": ("CHAINFEED_WS_PONG_TIMEOUT", _positive_float),
+    "ws_allowed_origins": ("CHAINFEED_WS_ALLOWED_ORIGINS", _csv),
+    "listen_backlog": ("CHAINFEED_LISTEN_BACKLOG", _positive_int),
+    "log_format": ("CHAINFEED_LOG_FORMAT", _log_format),
+    "log_level": ("CHAINFEED_LOG_LEVEL", _log_level),
+    "alchemy_api_url": ("CHAINFEED_ALCHEMY_API_URL", _url("https://", "http://")),
+    "alchemy_auth_token": ("CHAINFEED_ALCHEMY_AUTH_TOKEN", str),
+    "alchemy_webhook_id": ("CHAINFEED_ALCHEMY_WEBHOOK_ID", str),
+    "otlp_endpoint": ("OTEL_EXPORTER_OTLP_ENDPOINT", _url("https://", "http://")),
+}

@@ -10,9 +10,16 @@
     ├── ConflictError          uniqueness or limit violated (HTTP 409)
     ├── NotFoundError          the thing does not exist (HTTP 404)
     ├── RateLimitedError       too many failed attempts (HTTP 429 with Retry-After)
-    └── UnavailableError       PostgreSQL or Redis cannot be reached (HTTP 503)
+    ├── UnavailableError       PostgreSQL or Redis cannot be reached (HTTP 503)
+    ├── UpstreamError          Alchemy refused a call an operator made (the CLI says why)
+    ├── PoisonEntry            a stream entry can never be delivered (retried, then dead-lettered)
+    ├── ClientGone             a WebSocket client closed or dropped its connection (an event)
+    └── EmbeddedError          an embedded dev/test server would not start (devtools only)
 
-The web layer maps them to answers in one place (``chainfeed.web.errors``).
+The web layer maps them to answers in one place (``chainfeed.web.errors``); the CLI prints any
+of them as one line. Redis and PostgreSQL failures below the adapters stay the client libraries'
+own (``chainfeed.broker.client.REDIS_FAILURES``, ``chainfeed.storage.pool.POSTGRES_FAILURES``):
+the adapters' callers wait them out (``chainfeed.workers``) or answer 503.
 """
 
 from __future__ import annotations
@@ -20,12 +27,16 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "ChainFeedError",
+    "ClientGone",
     "ConfigError",
     "ConflictError",
+    "EmbeddedError",
     "NotFoundError",
+    "PoisonEntry",
     "RateLimitedError",
     "TokenExpired",
     "UnavailableError",
+    "UpstreamError",
     "ValidationError",
 ]
 
@@ -84,3 +95,27 @@ class UnavailableError(ChainFeedError):
     def __init__(self, part: str, detail: str = "") -> None:
         super().__init__(f"{part} unavailable" + (f": {detail}" if detail else ""))
         self.part = part
+
+
+class UpstreamError(ChainFeedError):
+    """Alchemy answered a call with a refusal; the message carries its status and answer."""
+
+
+class PoisonEntry(ChainFeedError):  # named for what the entry is, as in the SPEC
+    """The entry can never be delivered as it is: ``reason`` says why (it ends up in ``error``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ClientGone(ChainFeedError):  # an event, not a fault of ours
+    """The client closed or dropped the connection; ``code`` is the close code seen."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"client gone ({code})")
+        self.code = code
+
+
+class EmbeddedError(ChainFeedError):
+    """An embedded server could not be started; the message says why and what to do."""

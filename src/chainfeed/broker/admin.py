@@ -15,6 +15,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from chainfeed.errors import NotFoundError
+
 __all__ = [
     "DEAD_LETTER_META",
     "DeadLetter",
@@ -155,7 +157,7 @@ async def dlq_replay(
         for entry_id in ids:
             found = _entries(await redis.xrange(dead_letter_stream, min=entry_id, max=entry_id))
             if not found:
-                raise KeyError(entry_id)
+                raise NotFoundError(f"no dead letter with id {entry_id}")
             letters.append(DeadLetter(found[0][0], found[0][1]))
     for done, letter in enumerate(letters, 1):
         async with redis.pipeline(transaction=True) as pipe:

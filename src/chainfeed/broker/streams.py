@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from chainfeed.broker.wire import Commands
+
+log = structlog.get_logger(__name__)
 
 #: A Redis command as its parts.
 Command = list[str]
@@ -179,12 +182,20 @@ class ConsumerGroup:
 
         ``after``: commands sent first, in the same write (the last batch's publishes and XACK);
         a refused one raises ResponseError. On the group's own connection
-        (:mod:`chainfeed.broker.wire`): this is the hot loop.
+        (:mod:`chainfeed.broker.wire`): this is the hot loop. A group that vanished (the stream
+        was deleted, Redis restarted without its data) is created again, and nothing is returned.
         """
         read = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", str(count), "BLOCK", str(block_ms)]
-        replies = await self.wire.execute(
-            [*after, [*read, "STREAMS", self.stream, ">"]], reply_within=block_ms / 1000 + 5.0
-        )
+        try:
+            replies = await self.wire.execute(
+                [*after, [*read, "STREAMS", self.stream, ">"]], reply_within=block_ms / 1000 + 5.0
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("consumer group vanished; creating it again", stream=self.stream, group=self.group)
+            await self.ensure()
+            return []
         reply = replies[-1]
         if not reply:
             return []
@@ -253,6 +264,11 @@ class ConsumerGroup:
         """Trim toward ``maxlen`` entries without touching unacknowledged ones; returns how many went."""
         removed = await self._trim(keys=[self.stream], args=[maxlen, TRIM_SCAN_LIMIT])
         return int(removed)
+
+    async def active_consumers(self, *, within_ms: int) -> int:
+        """Consumers that read within ``within_ms`` (XINFO CONSUMERS): the no-consumer alert's gauge."""
+        consumers = await self.redis.xinfo_consumers(self.stream, self.group)
+        return sum(1 for consumer in consumers if int(consumer.get("idle", within_ms)) < within_ms)
 
     async def remove_stale_consumers(self, *, min_idle_ms: int) -> list[str]:
         """Delete consumers idle for ``min_idle_ms`` that hold no pending entry (never this one)."""

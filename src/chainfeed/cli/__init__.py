@@ -26,9 +26,9 @@ def _handler(name: str) -> Callable[[Any], int]:
 def _unreachable(exc: Exception) -> str | None:
     """The one line for a backing service that cannot be reached (None: not such an error)."""
     if "redis" in sys.modules:
-        from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415 - loaded already
+        from chainfeed.broker.client import REDIS_DOWN  # noqa: PLC0415 - redis is loaded already
 
-        if isinstance(exc, RedisConnectionError):
+        if isinstance(exc, REDIS_DOWN):
             return f"cannot reach Redis: {exc}"
     if "asyncpg" in sys.modules:
         from chainfeed.storage.pool import POSTGRES_DOWN  # noqa: PLC0415 - asyncpg is loaded already

@@ -6,14 +6,13 @@ import argparse
 import asyncio
 import sys
 
-import asyncpg
-
 from chainfeed import config
 from chainfeed.alchemy_api import AlchemyApi
+from chainfeed.config import Settings
 from chainfeed.errors import ConfigError
 from chainfeed.ingest.alchemy_sync import AlchemySync, full_sync
-from chainfeed.storage import create_pool
 from chainfeed.storage.alchemy_sync import pending_count
+from chainfeed.storage.pool import Pool, short_pool
 
 __all__ = ["sync_command"]
 
@@ -30,34 +29,31 @@ def sync_command(args: argparse.Namespace) -> int:
     database_url = settings.database_url
 
     async def run() -> int:
-        pool: asyncpg.Pool = await create_pool(database_url, max_size=2)
-        api = AlchemyApi(
-            settings.alchemy_api_url,
-            token=settings.alchemy_auth_token,
-            webhook_id=settings.alchemy_webhook_id,
-        )
-        try:
-            if args.full:
-                sent = await full_sync(pool, api)
-                print(f"replaced webhook {settings.alchemy_webhook_id} list with {sent} address(es)")
-                return 0
-            worker = AlchemySync(pool, api)
-            rounds = 0
-            while await worker.sync_once():
-                rounds += 1
-                print(f"sent batch {rounds}", flush=True)
-            left = await pending_count(pool)
-            if worker.paused_reason:
-                print(f"chainfeed: alchemy refused our token: {worker.paused_reason}", file=sys.stderr)
-                return 1
-            print(f"done: {left} change(s) still pending" if left else "done: nothing pending")
-            return 1 if left else 0
-        finally:
-            await api.aclose()
-            await pool.close()
+        async with short_pool(database_url) as pool:
+            return await _sync(pool, full=args.full, settings=settings)
 
+    return asyncio.run(run())
+
+
+async def _sync(pool: Pool, *, full: bool, settings: Settings) -> int:
+    api = AlchemyApi(
+        settings.alchemy_api_url, token=settings.alchemy_auth_token, webhook_id=settings.alchemy_webhook_id
+    )
     try:
-        return asyncio.run(run())
-    except RuntimeError as exc:
-        print(f"chainfeed: {exc}", file=sys.stderr)
-        return 1
+        if full:  # Alchemy refusing raises UpstreamError: one line and exit 1 (cli.main)
+            sent = await full_sync(pool, api)
+            print(f"replaced webhook {settings.alchemy_webhook_id} list with {sent} address(es)")
+            return 0
+        worker = AlchemySync(pool, api)
+        rounds = 0
+        while await worker.sync_once():
+            rounds += 1
+            print(f"sent batch {rounds}", flush=True)
+        left = await pending_count(pool)
+        if worker.paused_reason:
+            print(f"chainfeed: alchemy refused our token: {worker.paused_reason}", file=sys.stderr)
+            return 1
+        print(f"done: {left} change(s) still pending" if left else "done: nothing pending")
+        return 1 if left else 0
+    finally:
+        await api.aclose()

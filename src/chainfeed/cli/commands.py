@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import asyncpg
-import uvicorn
-from uvicorn.supervisors import Multiprocess
-
 from chainfeed import config
 from chainfeed.cli.devmode import run_dev
 from chainfeed.domain.tokens import issue_token
 from chainfeed.errors import ConfigError, NotFoundError
 from chainfeed.observability.logging import configure_logging
-from chainfeed.observability.multiprocess import multiprocess_metrics
 from chainfeed.storage import migrate as apply_migrations
-from chainfeed.web.server import uvicorn_config
+from chainfeed.storage.pool import short_pool
+from chainfeed.storage.users import get_user_by_name
+from chainfeed.web.server import run_server
 
 __all__ = ["dev", "migrate", "serve", "token"]
 
@@ -32,15 +29,8 @@ def serve(args: argparse.Namespace) -> int:
     database_url, _ = settings.require_services()
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     asyncio.run(apply_migrations(database_url))
-    cfg = uvicorn_config("chainfeed.web.server:app_from_env", settings, host=args.host, port=args.port,
-                         workers=args.workers)  # fmt: skip
-    server = uvicorn.Server(cfg)
-    if args.workers > 1:
-        with multiprocess_metrics():  # /metrics then sums every worker's values
-            sock = cfg.bind_socket()
-            Multiprocess(cfg, sockets=[sock]).run()
-    else:
-        server.run()
+    run_server("chainfeed.web.server:app_from_env", settings, host=args.host, port=args.port,
+               workers=args.workers)  # fmt: skip
     return 0
 
 
@@ -61,14 +51,11 @@ def token(args: argparse.Namespace) -> int:
         raise ConfigError("CHAINFEED_JWT_SECRET", "is required to sign tokens")
 
     async def find() -> int:
-        conn = await asyncpg.connect(database_url, timeout=5)
-        try:
-            row = await conn.fetchrow("SELECT id FROM users WHERE username = $1", args.username.lower())
-        finally:
-            await conn.close()
-        if row is None:
+        async with short_pool(database_url) as pool:
+            user = await get_user_by_name(pool, args.username.lower())
+        if user is None:
             raise NotFoundError(f"no user called {args.username!r}")
-        return int(row["id"])
+        return user.id
 
     user_id = asyncio.run(find())
     ttl = args.ttl or settings.jwt_ttl_seconds

@@ -18,9 +18,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import asyncpg
-import uvicorn
-
 from chainfeed import config
 from chainfeed.cli import simulate as simulator
 from chainfeed.config import Settings
@@ -29,8 +26,10 @@ from chainfeed.domain.passwords import hash_password
 from chainfeed.domain.tokens import issue_token
 from chainfeed.observability.logging import configure_logging
 from chainfeed.storage import migrate
+from chainfeed.storage.pool import short_pool
+from chainfeed.storage.users import ensure_watcher
 from chainfeed.web import create_app
-from chainfeed.web.server import uvicorn_config
+from chainfeed.web.server import run_server
 
 __all__ = ["DEMO_ADDRESS", "DEMO_PASSWORD", "DEMO_USER", "run_dev"]
 
@@ -56,7 +55,6 @@ def run_dev(*, host: str, port: int, data_dir: str, simulate: float | None = Non
         user_id = asyncio.run(_ensure_demo_user(settings.database_url))
         token = issue_token(user_id, secret=settings.jwt_secret, ttl_seconds=settings.jwt_ttl_seconds)
         _banner(settings, host=host, port=port, token=token)
-        server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port))
         stop_simulator = None
         if simulate:
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a comparison
@@ -67,7 +65,7 @@ def run_dev(*, host: str, port: int, data_dir: str, simulate: float | None = Non
                 database_url=settings.database_url,
             )
         try:
-            server.run()
+            run_server(create_app(settings), settings, host=host, port=port)
         finally:
             if stop_simulator is not None:
                 stop_simulator.set()
@@ -115,24 +113,10 @@ def _services(settings: Settings, root: Path) -> Iterator[Settings]:
 
 async def _ensure_demo_user(database_url: str) -> int:
     """The demo user's id, creating the user and its watched address on first run."""
-    conn = await asyncpg.connect(database_url, timeout=10)
-    try:
-        user_id = await conn.fetchval("SELECT id FROM users WHERE username = $1", DEMO_USER)
-        if user_id is None:
-            user_id = await conn.fetchval(
-                "INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING id",
-                DEMO_USER,
-                hash_password(DEMO_PASSWORD),
-            )
-        await conn.execute(
-            "INSERT INTO watched_addresses (user_id, address, label) VALUES ($1, $2, 'vitalik.eth')"
-            " ON CONFLICT DO NOTHING",
-            user_id,
-            DEMO_ADDRESS,
+    async with short_pool(database_url) as pool:
+        return await ensure_watcher(
+            pool, DEMO_USER, hash_password(DEMO_PASSWORD), DEMO_ADDRESS, "vitalik.eth"
         )
-        return int(user_id)
-    finally:
-        await conn.close()
 
 
 def _banner(settings: Settings, *, host: str, port: int, token: str) -> None:

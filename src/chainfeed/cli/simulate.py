@@ -16,7 +16,6 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import asyncpg
 import httpx
 import structlog
 
@@ -25,6 +24,8 @@ from chainfeed.config import Settings
 from chainfeed.devtools.simulate import AddressSource, SimulationStats, simulate
 from chainfeed.domain.addresses import normalize_address
 from chainfeed.errors import ConfigError, ValidationError
+from chainfeed.storage.pool import short_pool
+from chainfeed.storage.watchlist import recently_watched
 
 __all__ = ["run_in_background", "simulate_command"]
 
@@ -93,18 +94,11 @@ def watched_addresses(database_url: str) -> AddressSource:
     """The watched addresses, newest first; refuses to start with none (nothing would be seen)."""
 
     async def read() -> Sequence[str]:
-        conn = await asyncpg.connect(database_url, timeout=5)
-        try:
-            rows = await conn.fetch(
-                "SELECT address FROM watched_addresses"
-                " GROUP BY address ORDER BY max(created_at) DESC LIMIT $1",
-                _ADDRESS_LIMIT,
-            )
-        finally:
-            await conn.close()
-        if not rows:
+        async with short_pool(database_url) as pool:
+            addresses = await recently_watched(pool, limit=_ADDRESS_LIMIT)
+        if not addresses:
             raise ConfigError("--addresses", "nobody watches any address yet; watch one or pass --addresses")
-        return [row["address"] for row in rows]
+        return addresses
 
     return read
 

@@ -9,12 +9,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.asyncio import Redis
-
 from chainfeed import config
 from chainfeed.broker.admin import StreamInfo, dlq_list, dlq_purge, dlq_replay, entry_age_seconds, stream_info
+from chainfeed.broker.client import Redis, operator_client
 from chainfeed.config import Settings
-from chainfeed.errors import ConfigError, NotFoundError
+from chainfeed.errors import ConfigError
 
 __all__ = ["info_command", "list_command", "purge_command", "replay_command"]
 
@@ -28,7 +27,7 @@ def _with_redis(work: Callable[[Redis, Settings], Awaitable[_T]]) -> _T:
     url = settings.redis_url
 
     async def run() -> _T:
-        redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10)
+        redis = operator_client(url)
         try:
             return await work(redis, settings)
         finally:
@@ -105,14 +104,11 @@ def _progress(done: int, total: int) -> None:
 
 def replay_command(args: argparse.Namespace) -> int:
     """Move dead letters back onto the stream, atomically one by one, with a progress bar."""
-    try:
-        count = _with_redis(
-            lambda redis, s: dlq_replay(
-                redis, s.dead_letter_stream, s.stream, ids=None if args.all else args.ids, progress=_progress
-            )
+    count = _with_redis(
+        lambda redis, s: dlq_replay(
+            redis, s.dead_letter_stream, s.stream, ids=None if args.all else args.ids, progress=_progress
         )
-    except KeyError as exc:
-        raise NotFoundError(f"no dead letter with id {exc.args[0]}") from None
+    )
     print(f"replayed {count} dead letter(s) onto the stream")
     return 0
 

@@ -1,6 +1,6 @@
 """The WebSocket hub: this process's connections per user, their bounded send queues, and fan-out.
 
-Pushes reach the hub from the user's PUB/SUB channel (:mod:`chainfeed.broker.pubsub`), already encoded:
+Pushes reach the hub from the user's PUB/SUB channel (:mod:`chainfeed.broker.pubsub`), encoded:
 :meth:`Hub.dispatch` hands that one text to every local tab of the user, without ever waiting.
 A tab whose writer is idle (nothing queued, live, its socket writable) gets the frame written at
 once: serialized once per push, the same bytes for every tab (:attr:`Connection.direct`). Any
@@ -20,11 +20,13 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import structlog
-from redis.asyncio import Redis
 
-from chainfeed.broker.pubsub import Presence, Subscriber
+from chainfeed.broker.client import Redis
+from chainfeed.broker.presence import Presence
+from chainfeed.broker.pubsub import Subscriber
 from chainfeed.delivery.leanqueue import LeanQueue
 from chainfeed.domain.frames import Evict, Push, text_frame, unpack
 from chainfeed.names import HUB_CHANNEL, USER_CHANNEL_PREFIX, user_channel
@@ -37,19 +39,45 @@ from chainfeed.observability.metrics import (
     WEBSOCKET_MESSAGES_SENT,
 )
 from chainfeed.observability.tracing import push_span
+from chainfeed.workers import supervise
 
-__all__ = ["RESYNC", "Connection", "Hub", "Outgoing"]
+__all__ = ["RESYNC", "Connection", "Hub", "Outgoing", "Resync"]
 
 log = structlog.get_logger(__name__)
 
-#: ``(feed item id or None, stream entry ms or 0, monotonic arrival or 0.0, frame text)``.
-Outgoing = tuple[int | None, int, float, str]
 #: How long a new connection waits for Redis to confirm its user's subscription.
 SUBSCRIBE_TIMEOUT = 5.0
+#: Pause before connecting again after the PUB/SUB connection was lost (failures back off more).
+RECONNECT_DELAY = 0.1
+#: How often this instance renews its heartbeat (well within ``INSTANCE_STALE_MS``).
+HEARTBEAT_SECONDS = 5.0
+_PUSH_STAGE = STAGE_DURATION.labels("push")
+
+
+class Outgoing(NamedTuple):
+    """A frame waiting in a connection's queue."""
+
+    #: The feed item it carries (None: a control frame such as a pong).
+    item_id: int | None
+    #: When its stream entry was appended (unix ms; 0: not a push), for the latency histogram.
+    entry_ms: int
+    #: When the push reached this instance (monotonic; 0.0: not a push).
+    arrived: float
+    text: str
+
+
+class Resync:
+    """The marker :data:`RESYNC` (its own type, so it can never be mistaken for a frame)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "RESYNC"
+
+
 #: Queued on every connection when PUB/SUB pushes may have been missed (the subscriber
 #: reconnected): its session re-sends from PostgreSQL what came after its last frame.
-RESYNC: Outgoing = (None, -1, 0.0, "")
-_PUSH_STAGE = STAGE_DURATION.labels("push")
+RESYNC = Resync()
 
 
 @dataclass(eq=False, slots=True)
@@ -58,7 +86,7 @@ class Connection:
 
     id: str
     user_id: int
-    queue: LeanQueue[Outgoing]
+    queue: LeanQueue[Outgoing | Resync]
     opened_at: float = field(default_factory=time.monotonic)
     #: Set once: why the server closes this connection (code, reason).
     close_request: tuple[int, str] | None = None
@@ -78,7 +106,7 @@ class Connection:
         if self.last_sent is None or item_id > self.last_sent:
             self.last_sent = item_id
 
-    def offer(self, item: Outgoing) -> None:
+    def offer(self, item: Outgoing | Resync) -> None:
         """Queue a frame without waiting; a full queue closes the connection as a slow consumer."""
         if self.close_request is not None:
             return
@@ -123,15 +151,26 @@ class Hub:
         self._ids = itertools.count(1)
 
     async def run(self) -> None:
-        """Worker: the PUB/SUB connection; on shutdown this instance leaves the registry."""
+        """Worker: the PUB/SUB connection, reconnected after a loss; on shutdown, leave the registry."""
         try:
-            await self.subscriber.run()
+            await supervise(
+                "hub-subscriber",
+                self.subscriber.connect_and_watch,
+                idle=lambda: asyncio.sleep(RECONNECT_DELAY),
+            )
         finally:
+            self.subscriber.fail_waiting()
             try:
                 async with asyncio.timeout(2):
                     await self.presence.leave()
             except Exception as exc:  # best effort: its heartbeat ages out anyway
                 log.debug("instance deregistration failed", error=str(exc))
+
+    async def run_heartbeat(self) -> None:
+        """Worker: say every few seconds that this instance is alive (its connections keep counting)."""
+        await supervise(
+            "presence-heartbeat", self.presence.heartbeat, idle=lambda: asyncio.sleep(HEARTBEAT_SECONDS)
+        )
 
     @property
     def total(self) -> int:
@@ -217,7 +256,7 @@ class Hub:
             if user is None:
                 return
             arrived = time.monotonic()
-            item: Outgoing = (decoded.item_id, decoded.entry_ms, arrived, decoded.frame)
+            item = Outgoing(decoded.item_id, decoded.entry_ms, arrived, decoded.frame)
             connections = user.connections
             with push_span(decoded.traceparent, item_id=decoded.item_id, connections=len(connections)):
                 wire: bytes | None = None

@@ -22,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
 
-from chainfeed.delivery.hub import Connection
+from chainfeed.delivery.hub import Connection, Outgoing, Resync
+from chainfeed.delivery.resume import Frame
 from chainfeed.domain.frames import PONG_FRAME, Ping, Resume, parse_client_message
+from chainfeed.errors import ClientGone
 from chainfeed.observability.metrics import (
     DELIVERY_LATENCY,
     STAGE_DURATION,
@@ -39,19 +41,13 @@ from chainfeed.observability.metrics import (
 __all__ = [
     "INBOUND_FRAMES_PER_SECOND",
     "PROTOCOL_CLOSE_CODES",
-    "ClientGone",
-    "RecentPage",
-    "ReplayPage",
+    "ReplaySource",
     "Session",
     "Socket",
 ]
 
 log = structlog.get_logger(__name__)
 
-#: ``(user id, after id) -> [(feed item id, frame text)]``: the next page, oldest first; empty at the end.
-ReplayPage = Callable[[int, int], Awaitable[Sequence[tuple[int, str]]]]
-#: ``(user id, unix seconds) -> [(feed item id, frame text)]``: items published since then, oldest first.
-RecentPage = Callable[[int, float], Awaitable[Sequence[tuple[int, str]]]]
 #: Close codes that mean the client broke the protocol (or stopped answering pings).
 PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009, 1011})
 #: Client frames allowed per second (any kind); more closes the connection with 1008.
@@ -61,12 +57,17 @@ CLOSE_TIMEOUT = 10.0
 _PUSH_STAGE = STAGE_DURATION.labels("push")
 
 
-class ClientGone(Exception):  # an event, not a fault of ours
-    """The client closed or dropped the connection; ``code`` is the close code seen."""
+class ReplaySource(Protocol):
+    """Where a session's replays come from (:class:`chainfeed.delivery.resume.Replay`)."""
 
-    def __init__(self, code: int) -> None:
-        super().__init__(f"client gone ({code})")
-        self.code = code
+    async def late(self, since: int) -> Sequence[Frame]:
+        """Items numbered below ``since`` that were published after it, oldest first."""
+
+    async def page(self, after: int) -> Sequence[Frame]:
+        """The next items after ``after``, oldest first; empty at the end."""
+
+    async def recent(self, opened_at: float) -> Sequence[Frame]:
+        """Items published since ``opened_at`` (unix seconds), oldest first."""
 
 
 class Socket(Protocol):
@@ -88,19 +89,10 @@ class Socket(Protocol):
 class Session:
     """Runs one connection until the client leaves or the server closes it."""
 
-    def __init__(
-        self,
-        conn: Connection,
-        socket: Socket,
-        replay: ReplayPage,
-        late: ReplayPage | None = None,
-        recent: RecentPage | None = None,
-    ) -> None:
+    def __init__(self, conn: Connection, socket: Socket, replay: ReplaySource) -> None:
         self.conn = conn
         self.socket = socket
-        self._replay_page = replay
-        self._late = late
-        self._recent = recent
+        self._source = replay
         self._opened = time.time()
         self._writer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[object] | None = None
@@ -174,7 +166,7 @@ class Session:
                 continue
             message = parse_client_message(text)
             if isinstance(message, Ping):
-                self.conn.offer((None, 0, 0.0, PONG_FRAME))
+                self.conn.offer(Outgoing(None, 0, 0.0, PONG_FRAME))
             elif isinstance(message, Resume):
                 self._live = False
                 self.conn.direct = None
@@ -185,14 +177,14 @@ class Session:
     async def _replay(self, since: int) -> None:
         """Send the user's items with id > ``since`` (the writer is stopped meanwhile)."""
         replayed: set[int] = set()
-        # Lower ids committed after the client's last one first (see storage.feed.feed_committed_late).
-        late = await self._late(self.conn.user_id, since) if self._late is not None else []
+        # Lower ids committed after the client's last one first (see storage.feed.feed_resume).
+        late = await self._source.late(since)
         for item_id, frame in late:
             await self.socket.send_text(frame)
             replayed.add(item_id)
         WEBSOCKET_MESSAGES_SENT.inc(len(late))
         after = since
-        while page := await self._replay_page(self.conn.user_id, after):
+        while page := await self._source.page(after):
             for item_id, frame in page:
                 await self.socket.send_text(frame)
                 replayed.add(item_id)
@@ -208,9 +200,7 @@ class Session:
         if self.conn.last_sent is not None:
             await self._replay(self.conn.last_sent)
             return
-        if self._recent is None:
-            return
-        page = await self._recent(self.conn.user_id, self._opened)
+        page = await self._source.recent(self._opened)
         for item_id, frame in page:
             await self.socket.send_text(frame)
             self.conn.note_sent(item_id)
@@ -249,10 +239,11 @@ class Session:
         send = self.socket.send_text
         try:
             while not queue.empty():
-                item_id, entry_ms, arrived, text = queue.get_nowait()
-                if entry_ms < 0:  # hub.RESYNC
+                queued = queue.get_nowait()
+                if isinstance(queued, Resync):  # hub.RESYNC
                     await self._resync()
                     continue
+                item_id, entry_ms, arrived, text = queued
                 if self._skip is not None and item_id is not None:
                     if item_id > self._skip_max:
                         self._skip = None

@@ -27,13 +27,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from chainfeed.errors import EmbeddedError
+
 __all__ = ["EmbeddedError", "EmbeddedPostgres", "EmbeddedRedis", "embedded_services", "free_port"]
 
 _PG_USER = "chainfeed-pg"
-
-
-class EmbeddedError(RuntimeError):
-    """An embedded server could not be started; the message says why and what to do."""
 
 
 def free_port() -> int:

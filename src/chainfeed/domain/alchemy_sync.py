@@ -7,12 +7,13 @@ wrong and retrying will not help until an operator fixes it.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["MAX_ADDRESSES_PER_CALL", "Outcome", "Patch", "backoff_seconds", "classify", "patches"]
+from chainfeed.domain.retry import Backoff
+
+__all__ = ["MAX_ADDRESSES_PER_CALL", "SYNC_BACKOFF", "Outcome", "Patch", "classify", "patches"]
 
 MAX_ADDRESSES_PER_CALL = 500
 
@@ -53,7 +54,5 @@ def classify(status: int | None) -> Outcome:
     return Outcome.REJECTED
 
 
-def backoff_seconds(attempts: int, *, base: float = 1.0, cap: float = 300.0, jitter: float = 0.2) -> float:
-    """Delay before attempt ``attempts + 1``: exponential from ``base``, capped, with +-jitter."""
-    delay: float = min(cap, base * 2.0 ** max(0, attempts - 1))
-    return delay * (1 + random.uniform(-jitter, jitter))  # noqa: S311 - jitter, not security
+#: Between failed calls: from 1 s, doubling, at most 5 minutes (the one back-off, other numbers).
+SYNC_BACKOFF = Backoff(first=1.0, cap=300.0)

@@ -14,22 +14,14 @@ from dataclasses import dataclass
 
 import msgspec
 
-from chainfeed.errors import ChainFeedError
+from chainfeed.errors import PoisonEntry
 from chainfeed.names import FEED_ITEM_TYPE
 
-__all__ = ["MAX_TYPE_LENGTH", "PoisonEntry", "StreamItem", "entry_millis", "parse_entry"]
+__all__ = ["MAX_TYPE_LENGTH", "StreamItem", "entry_millis", "parse_entry"]
 
 #: A frame ``type`` is a short identifier; anything longer is not an entry we wrote.
 MAX_TYPE_LENGTH = 64
 _MAX_ID_DIGITS = 18  # fits a PostgreSQL bigint
-
-
-class PoisonEntry(ChainFeedError):  # named for what the entry is, as in the SPEC
-    """The entry can never be delivered as it is: ``reason`` says why (it ends up in ``error``)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,6 @@ __all__ = [
     "Resume",
     "encode_frame",
     "encode_item",
-    "pack_evict",
     "pack_push",
     "parse_client_message",
     "parse_since",
@@ -110,11 +109,6 @@ def pack_push(item_id: int, entry_ms: int, frame: str, traceparent: str | None =
     if traceparent is not None:
         return f"{item_id} {entry_ms} {traceparent} {frame}"
     return f"{item_id} {entry_ms} {frame}"
-
-
-def pack_evict(connection_id: str) -> str:
-    """The control message that closes ``connection_id`` with 4429."""
-    return EVICT_PREFIX + connection_id
 
 
 def unpack(message: str) -> Push | Evict | None:

@@ -4,6 +4,9 @@ The watch-list API records each change durably (``storage.alchemy_sync``) and re
 this worker sends the changes in batches of at most 500 per list, retrying 429/5xx/network errors
 with exponential back-off. A 401/403 is logged as an error and pauses sync in this process
 until restart (the rows stay dirty, so nothing is lost once the token is fixed).
+
+When sync is not configured the runtime holds :class:`SyncOff` instead, so the watch-list API
+calls ``wake()`` either way.
 """
 
 from __future__ import annotations
@@ -11,31 +14,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Protocol
 
-import asyncpg
 import structlog
 
 from chainfeed.alchemy_api import AlchemyApi
 from chainfeed.config import Settings
-from chainfeed.domain.alchemy_sync import MAX_ADDRESSES_PER_CALL, Outcome, backoff_seconds, classify, patches
-from chainfeed.observability.metrics import (
-    ALCHEMY_SYNC_LAST_SUCCESS,
-    ALCHEMY_SYNC_PENDING,
-    ALCHEMY_SYNC_REQUESTS,
-)
+from chainfeed.domain.alchemy_sync import MAX_ADDRESSES_PER_CALL, SYNC_BACKOFF, Outcome, classify, patches
+from chainfeed.errors import UpstreamError
+from chainfeed.observability import metrics
 from chainfeed.storage import alchemy_sync as store
+from chainfeed.storage.pool import Pool
+from chainfeed.workers import supervise
 
-__all__ = ["AlchemySync", "full_sync"]
+__all__ = ["AddressSync", "AlchemySync", "SyncOff", "full_sync", "sync_settings_summary"]
 
 log = structlog.get_logger(__name__)
 #: Delay before retrying rows that Alchemy refused as malformed (an operator should look first).
 REJECTED_DELAY = 600.0
 
 
+class AddressSync(Protocol):
+    """What the watch-list API needs of the sync: a nudge after each committed change."""
+
+    def wake(self) -> None:
+        """Ask for a round now."""
+
+
+class SyncOff:
+    """Sync is not configured: changes stay recorded (``alchemy sync`` sends them later)."""
+
+    def wake(self) -> None:
+        """Nothing to wake."""
+
+
 class AlchemySync:
     """One process's sync worker; several instances share the work through row leases."""
 
-    def __init__(self, pool: asyncpg.Pool, api: AlchemyApi, *, poll_seconds: float = 1.0) -> None:
+    def __init__(self, pool: Pool, api: AlchemyApi, *, poll_seconds: float = 1.0) -> None:
         self._pool = pool
         self._api = api
         self._poll = poll_seconds
@@ -47,21 +63,27 @@ class AlchemySync:
         self._wake.set()
 
     async def run(self) -> None:
-        """Sync until cancelled or paused by an authorisation failure."""
+        """Worker: a round on every wake-up and at least every poll interval, until cancelled.
+
+        After an authorisation failure rounds do nothing until restart (see the module).
+        """
         log.info("alchemy sync started", webhook_id=self._api.webhook_id)
-        while self.paused_reason is None:
-            try:
-                while await self.sync_once():
-                    pass
-                ALCHEMY_SYNC_PENDING.set(await store.pending_count(self._pool))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("alchemy sync round failed", error=str(exc))
-            except Exception:
-                # A bug must not end the worker silently: log it and try again next round.
-                log.exception("alchemy sync round crashed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
-            self._wake.clear()
+        try:
+            await supervise("alchemy-sync", self._round, idle=self._sleep)
+        finally:
+            await self._api.aclose()
+
+    async def _round(self) -> None:
+        if self.paused_reason is not None:
+            return
+        while await self.sync_once():
+            pass
+        metrics.ALCHEMY_SYNC_PENDING.set(await store.pending_count(self._pool))
+
+    async def _sleep(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+        self._wake.clear()
 
     async def sync_once(self) -> bool:
         """Send one claimed batch; True when there was something to send (call again)."""
@@ -71,11 +93,11 @@ class AlchemySync:
         for patch in patches(claim.add, claim.remove):
             status, detail = await self._api.update_addresses(patch.add, patch.remove)
             outcome = classify(status)
-            ALCHEMY_SYNC_REQUESTS.labels(outcome=outcome.value).inc()
+            metrics.ALCHEMY_SYNC_REQUESTS.labels(outcome=outcome.value).inc()
             changed = [*patch.add, *patch.remove]
             if outcome is Outcome.OK:
                 await store.mark_synced(self._pool, added=list(patch.add), removed=list(patch.remove))
-                ALCHEMY_SYNC_LAST_SUCCESS.set(time.time())
+                metrics.ALCHEMY_SYNC_LAST_SUCCESS.set(time.time())
                 log.info("alchemy webhook addresses updated", added=len(patch.add), removed=len(patch.remove))
                 continue
             error = f"HTTP {status}: {detail}" if status is not None else detail
@@ -88,47 +110,31 @@ class AlchemySync:
                     pending=len(changed),
                 )
                 return False
-            attempts = await self._attempts(changed)
-            delay = REJECTED_DELAY if outcome is Outcome.REJECTED else backoff_seconds(attempts + 1)
+            attempts = await store.max_attempts(self._pool, changed)
+            delay = REJECTED_DELAY if outcome is Outcome.REJECTED else SYNC_BACKOFF.delay(attempts + 1)
             await store.mark_failed(self._pool, changed, error=error, delay_seconds=delay)
             log.warning("alchemy sync failed; will retry", status=status, retry_in_s=round(delay, 1),
                         attempts=attempts + 1, error=error)  # fmt: skip
         return True
 
-    async def _attempts(self, addresses: list[str]) -> int:
-        value = await self._pool.fetchval(
-            "SELECT max(attempts) FROM alchemy_addresses WHERE address = ANY($1::text[])", addresses
-        )
-        return int(value or 0)
 
-
-async def full_sync(pool: asyncpg.Pool, api: AlchemyApi) -> int:
+async def full_sync(pool: Pool, api: AlchemyApi) -> int:
     """Replace the webhook's whole list with every watched address; returns how many were sent.
 
     ``PUT`` replaces the list with the first 500; the rest go in ``PATCH`` calls of 500. Raises
-    RuntimeError with Alchemy's answer when a call fails (an operator runs this by hand).
+    UpstreamError with Alchemy's answer when a call fails (an operator runs this by hand).
     """
     addresses = await store.watched_addresses(pool)
     first, rest = addresses[:MAX_ADDRESSES_PER_CALL], addresses[MAX_ADDRESSES_PER_CALL:]
     status, detail = await api.replace_addresses(first)
     if classify(status) is not Outcome.OK:
-        raise RuntimeError(f"Alchemy refused the replacement: HTTP {status}: {detail}")
+        raise UpstreamError(f"Alchemy refused the replacement: HTTP {status}: {detail}")
     for patch in patches(rest, []):
         status, detail = await api.update_addresses(patch.add, ())
         if classify(status) is not Outcome.OK:
-            raise RuntimeError(f"Alchemy refused an update: HTTP {status}: {detail}")
-    await pool.execute(
-        "UPDATE alchemy_addresses SET synced = (address = ANY($1::text[])), attempts = 0,"
-        " last_error = NULL, lease_until = NULL",
-        addresses,
-    )
-    # Repair rows for addresses that were watched without a sync record (e.g. loaded by hand).
-    await pool.execute(
-        "INSERT INTO alchemy_addresses (address, desired, synced)"
-        " SELECT a, true, true FROM unnest($1::text[]) AS a ON CONFLICT (address) DO NOTHING",
-        addresses,
-    )
-    ALCHEMY_SYNC_LAST_SUCCESS.set(time.time())
+            raise UpstreamError(f"Alchemy refused an update: HTTP {status}: {detail}")
+    await store.mark_replaced(pool, addresses)
+    metrics.ALCHEMY_SYNC_LAST_SUCCESS.set(time.time())
     return len(addresses)
 
 

@@ -22,27 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
 
-import asyncpg
-import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
-from chainfeed.broker.publisher import RedisProbe, StreamPublisher
+from chainfeed.broker.client import Redis
+from chainfeed.broker.publisher import StreamPublisher
 from chainfeed.observability.metrics import OUTBOX_BACKLOG, STAGE_DURATION
 from chainfeed.storage import outbox as store
-from chainfeed.storage.pool import POSTGRES_DOWN
+from chainfeed.storage.pool import Pool
+from chainfeed.workers import OUTAGES, supervise
 
-if TYPE_CHECKING:
-    from chainfeed.runtime import Runtime
-
-__all__ = ["OutboxRelay", "start"]
-
-log = structlog.get_logger(__name__)
-
-#: What an outage of either server looks like to the relay: wait and retry, never give up.
-_OUTAGE: tuple[type[BaseException], ...] = (*POSTGRES_DOWN, RedisError, asyncpg.PostgresError)
+__all__ = ["OutboxRelay"]
 
 
 class OutboxRelay:
@@ -51,7 +39,7 @@ class OutboxRelay:
     def __init__(
         self,
         *,
-        pool: asyncpg.Pool,
+        pool: Pool,
         redis: Redis,
         stream: str,
         batch_size: int = 1000,
@@ -64,25 +52,25 @@ class OutboxRelay:
         self._sweep_interval = sweep_interval
         self._timeout = timeout
         self._wake = asyncio.Event()
-        self._failing = False
         self._backlog_at = 0.0
-        #: Answers "can a webhook's feed items reach the stream right now?" for ingest.
-        self.probe = RedisProbe(redis)
 
     def wake(self) -> None:
         """New items were committed: publish now instead of at the next sweep."""
         self._wake.set()
 
     async def run(self) -> None:
-        """Publish until cancelled: on every wake-up and at least every ``sweep_interval`` s."""
-        while True:
-            self._wake.clear()
-            await self._pass()
-            try:
-                async with asyncio.timeout(self._sweep_interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+        """Worker: publish on every wake-up and at least every ``sweep_interval`` s, until cancelled.
+
+        An outage pauses it (one warning, one line when it resumes), never ends it.
+        """
+        try:
+            await supervise("outbox-relay", self._pass, idle=self._sleep)
+        finally:
+            await self._publisher.close()
+
+    async def close(self) -> None:
+        """Close the relay's Redis connection (for relays used without :meth:`run`)."""
+        await self._publisher.close()
 
     async def drain(self) -> int:
         """Publish batches until none is left (or another relay has them); returns how many."""
@@ -115,21 +103,18 @@ class OutboxRelay:
         return len(taken)
 
     async def _pass(self) -> None:
-        """One drain, turning outages into one warning (and one recovery line), never an exit."""
+        """One drain; the backlog gauge is refreshed whatever happened (it matters most in an outage)."""
+        self._wake.clear()
         try:
-            published = await self.drain()
-        except _OUTAGE as exc:
-            if not self._failing:
-                log.warning("outbox relay paused: cannot publish", error=repr(exc))
-            self._failing = True
-        except Exception:
-            log.exception("outbox relay pass failed")
-            self._failing = True
-        else:
-            if self._failing:
-                log.info("outbox relay resumed", published=published)
-                self._failing = False
-        await self._measure_backlog()
+            await self.drain()
+        finally:
+            await self._measure_backlog()
+
+    async def _sleep(self) -> None:
+        """Until woken, or the sweep interval passed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._sweep_interval):
+                await self._wake.wait()
 
     async def _measure_backlog(self) -> None:
         """Refresh the backlog gauge about once per sweep interval (a cheap partial-index count).
@@ -141,16 +126,9 @@ class OutboxRelay:
         if now - self._backlog_at < self._sweep_interval:
             return
         self._backlog_at = now
-        with contextlib.suppress(*_OUTAGE):
+        with contextlib.suppress(*OUTAGES):
             OUTBOX_BACKLOG.set(await store.backlog(self._pool))
 
 
 async def _nothing() -> None:
     """Stands in for the XADDs when a batch holds only ids of deleted items."""
-
-
-async def start(runtime: Runtime) -> None:
-    """Create this process's relay on ``runtime`` and run it for the life of the process."""
-    relay = OutboxRelay(pool=runtime.pool, redis=runtime.redis, stream=runtime.settings.stream)
-    runtime.relay = relay
-    runtime.start_worker("outbox-relay", relay.run())

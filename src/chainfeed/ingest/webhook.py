@@ -24,10 +24,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from chainfeed.broker.probe import RedisProbe
 from chainfeed.domain.alchemy import Webhook, metric_category, parse_webhook
 from chainfeed.domain.signature import signature_valid
 from chainfeed.errors import AuthError, UnavailableError, ValidationError
@@ -40,7 +40,7 @@ from chainfeed.observability.metrics import (
 )
 from chainfeed.observability.tracing import inject_context, tracer
 from chainfeed.storage.ingest import StoredWebhook, store_webhook
-from chainfeed.storage.pool import POSTGRES_DOWN
+from chainfeed.storage.pool import POSTGRES_DOWN, InputRefused, Pool
 
 __all__ = ["IngestResult", "ingest_webhook", "reject_too_large"]
 
@@ -70,8 +70,9 @@ async def ingest_webhook(
     signature: str | None,
     *,
     signing_keys: tuple[str, ...],
-    pool: asyncpg.Pool,
+    pool: Pool,
     relay: OutboxRelay,
+    probe: RedisProbe,
 ) -> IngestResult:
     """Verify, parse and store one delivery; raises AuthError, ValidationError or UnavailableError."""
     started = time.perf_counter()
@@ -95,7 +96,7 @@ async def ingest_webhook(
                 WEBHOOK_REQUESTS.labels(outcome="accepted").inc()
                 log.warning("webhook notice", notice=webhook.notice)
                 return IngestResult(activities=0, new_feed_items=0)
-            if not await relay.probe.available():
+            if not await probe.available():
                 _reject("unavailable", part="redis")
                 span.set_status(Status(StatusCode.ERROR, "redis unavailable"))
                 raise UnavailableError("redis")
@@ -106,7 +107,7 @@ async def ingest_webhook(
         return IngestResult(activities=webhook.activity_count, new_feed_items=stored.new_feed_items)
 
 
-async def _store(pool: asyncpg.Pool, webhook: Webhook) -> StoredWebhook:
+async def _store(pool: Pool, webhook: Webhook) -> StoredWebhook:
     """The database write, in a CLIENT span whose context the new feed items keep for the relay."""
     started = time.perf_counter()
     with tracer.start_as_current_span(
@@ -127,7 +128,7 @@ async def _store(pool: asyncpg.Pool, webhook: Webhook) -> StoredWebhook:
             _reject("unavailable", part="postgres", error=repr(exc))
             span.set_status(Status(StatusCode.ERROR, "postgres unavailable"))
             raise UnavailableError("postgres") from None
-        except asyncpg.DataError as exc:
+        except InputRefused as exc:
             # A value PostgreSQL refuses (e.g. a \\u0000 inside a string): the input's fault, not ours.
             _reject("malformed", reason=str(exc))
             raise ValidationError(f"malformed webhook: {exc}") from None

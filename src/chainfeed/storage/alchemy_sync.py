@@ -16,7 +16,9 @@ __all__ = [
     "Claim",
     "claim_dirty",
     "mark_failed",
+    "mark_replaced",
     "mark_synced",
+    "max_attempts",
     "pending_count",
     "record_watch_change",
     "watched_addresses",
@@ -109,3 +111,27 @@ async def watched_addresses(pool: asyncpg.Pool) -> list[str]:
     """Every address at least one user watches (the webhook's whole list, for ``--full``)."""
     rows = await pool.fetch("SELECT DISTINCT address FROM watched_addresses ORDER BY address")
     return [row["address"] for row in rows]
+
+
+async def max_attempts(pool: asyncpg.Pool, addresses: list[str]) -> int:
+    """The most failed attempts among ``addresses`` (the next back-off grows from it)."""
+    value = await pool.fetchval(
+        "SELECT max(attempts) FROM alchemy_addresses WHERE address = ANY($1::text[])", addresses
+    )
+    return int(value or 0)
+
+
+async def mark_replaced(pool: asyncpg.Pool, addresses: list[str]) -> None:
+    """After a full replacement: exactly ``addresses`` are synced; rows missing for them are made."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE alchemy_addresses SET synced = (address = ANY($1::text[])), attempts = 0,"
+            " last_error = NULL, lease_until = NULL",
+            addresses,
+        )
+        # Repair rows for addresses that were watched without a sync record (e.g. loaded by hand).
+        await conn.execute(
+            "INSERT INTO alchemy_addresses (address, desired, synced)"
+            " SELECT a, true, true FROM unnest($1::text[]) AS a ON CONFLICT (address) DO NOTHING",
+            addresses,
+        )

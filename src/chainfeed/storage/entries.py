@@ -7,10 +7,11 @@ reclaimed entry finds the item made the first time instead of making a second on
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
-__all__ = ["persist_entry"]
+__all__ = ["StoredEntry", "persist_entry"]
 
 # published_at is set: the item is on the stream already, the outbox relay must not publish it.
 _INSERT = """
@@ -23,10 +24,17 @@ RETURNING id, created_at
 _EXISTING = "SELECT id, created_at FROM feed_items WHERE source_entry_id = $1"
 
 
+class StoredEntry(NamedTuple):
+    """The feed item a stream entry became."""
+
+    item_id: int
+    created_at: datetime
+
+
 async def persist_entry(
     pool: asyncpg.Pool, *, entry_id: str, user_id: int, type_: str, payload_json: str
-) -> tuple[int, datetime] | None:
-    """``(feed item id, created_at)`` for the entry; None when the user does not exist.
+) -> StoredEntry | None:
+    """The feed item made for the entry (made now or the first time); None when the user does not exist.
 
     The lookup after a conflict is a separate statement on purpose: when another consumer's
     insert of the same entry commits while ours waits, only a new snapshot sees its row.
@@ -37,4 +45,4 @@ async def persist_entry(
             row = await conn.fetchrow(_EXISTING, entry_id)
     if row is None:
         return None
-    return int(row["id"]), row["created_at"]
+    return StoredEntry(int(row["id"]), row["created_at"])

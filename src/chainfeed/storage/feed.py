@@ -9,10 +9,10 @@ import asyncpg
 
 from chainfeed.domain.feed import feed_frame
 
-__all__ = ["feed_committed_late", "feed_page", "feed_published_since", "feed_resume", "feed_since"]
+__all__ = ["feed_page", "feed_published_since", "feed_resume", "feed_since"]
 
 _COLUMNS = "id, user_id, type, payload, created_at"
-#: The user's items published after item ``$2`` but numbered below it (see feed_committed_late).
+#: The user's items published after item ``$2`` but numbered below it (see feed_resume).
 _LATE = (
     f"SELECT {_COLUMNS} FROM feed_items"  # noqa: S608
     " WHERE user_id = $1 AND id < $2"
@@ -60,24 +60,19 @@ async def feed_since(
     return [_frame(row) for row in rows]
 
 
-async def feed_committed_late(pool: asyncpg.Pool, user_id: int, since: int) -> list[dict[str, Any]]:
-    """Items with id < ``since`` that reached the stream after item ``since`` did, oldest first.
+async def feed_resume(
+    pool: asyncpg.Pool, user_id: int, since: int, *, limit: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What a resume from ``since`` sends first, in one round trip: the late items and the first
+    page after ``since`` (:func:`feed_since`).
 
+    Late items have ids below ``since`` but reached the stream after item ``since`` did.
     Ids come from a sequence when a row is inserted, but transactions commit in any order: an
     item can get id 10, commit after item 11, and be published after a client already saw 11. A
     client that was away then resumes with ``since=11`` and would never see 10. The outbox
     publishes in id order among committed rows, so such late items are exactly those published
     after the ``since`` item; resume sends them too (clients drop repeats by id).
     """
-    rows = await pool.fetch(_LATE, user_id, since)
-    return [_frame(row) for row in rows]
-
-
-async def feed_resume(
-    pool: asyncpg.Pool, user_id: int, since: int, *, limit: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """What a resume from ``since`` sends first, in one round trip: the late items
-    (:func:`feed_committed_late`) and the first page after ``since`` (:func:`feed_since`)."""
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM (({_LATE}) UNION ALL"  # noqa: S608
         f" (SELECT {_COLUMNS} FROM feed_items WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3))"

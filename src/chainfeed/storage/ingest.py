@@ -39,10 +39,12 @@ WITH event AS (
     RETURNING deliveries
 ),
 input AS (
-    SELECT * FROM jsonb_to_recordset($6::text::jsonb) AS i (
-        ord int, network text, hash text, transfer_key text, category text,
-        from_address text, to_address text, value double precision, asset text,
-        block_num bigint, block_hash text, removed boolean, payload jsonb, raw jsonb)
+    -- One element per transfer: [transfer_key, payload, the transfer as the parser made it].
+    SELECT r.ord, r.item->>0 AS transfer_key, r.item->1 AS payload, i.*
+    FROM jsonb_array_elements($6::text::jsonb) WITH ORDINALITY AS r (item, ord)
+    CROSS JOIN LATERAL jsonb_to_record(r.item->2) AS i (
+        network text, hash text, category text, from_address text, to_address text,
+        value double precision, asset text, block_num bigint, block_hash text, removed boolean, raw jsonb)
 ),
 upserted AS (
     INSERT INTO transactions AS t (network, hash, transfer_key, category, from_address, to_address,
@@ -122,48 +124,12 @@ class StoredWebhook:
     new_feed_items: int
 
 
-class _Row(msgspec.Struct):
-    ord: int
-    network: str
-    hash: str
-    transfer_key: str
-    category: str
-    from_address: str | None
-    to_address: str | None
-    value: float | None
-    asset: str | None
-    block_num: int | None
-    block_hash: str | None
-    removed: bool
-    payload: dict[str, object]
-    raw: msgspec.Raw
-
-
 _encoder = msgspec.json.Encoder()
 
 
 def _rows(transfers: tuple[Transfer, ...]) -> bytes:
-    return _encoder.encode(
-        [
-            _Row(
-                ord=ord_,
-                network=t.network,
-                hash=t.hash,
-                transfer_key=t.transfer_key,
-                category=t.category,
-                from_address=t.from_address,
-                to_address=t.to_address,
-                value=t.value,
-                asset=t.asset,
-                block_num=t.block_num,
-                block_hash=t.block_hash,
-                removed=t.removed,
-                payload=t.payload(),
-                raw=t.raw,
-            )
-            for ord_, t in enumerate(transfers)
-        ]
-    )
+    """The transfers for ``jsonb_array_elements``: each with its key and the payload watchers see."""
+    return _encoder.encode([(t.transfer_key, t.payload(), t) for t in transfers])
 
 
 async def store_webhook(

@@ -59,18 +59,19 @@ async def migrate(dsn: str) -> list[str]:
 
 async def create_database(admin_url: str, name: str) -> None:
     """``CREATE DATABASE name`` on the server ``admin_url`` names (scratch databases, dev tools)."""
-    conn = await asyncpg.connect(admin_url, timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{_identifier(name)}"')
-    finally:
-        await conn.close()
+    await _admin(admin_url, f'CREATE DATABASE "{_identifier(name)}"')
 
 
 async def drop_database(admin_url: str, name: str) -> None:
     """Drop ``name`` even while clients are connected (``WITH (FORCE)``, PostgreSQL 13+)."""
+    await _admin(admin_url, f'DROP DATABASE IF EXISTS "{_identifier(name)}" WITH (FORCE)')
+
+
+async def _admin(admin_url: str, sql: str) -> None:
+    """A statement that cannot run in a transaction (or a pool), on a connection of its own."""
     conn = await asyncpg.connect(admin_url, timeout=10)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{_identifier(name)}" WITH (FORCE)')
+        await conn.execute(sql)
     finally:
         await conn.close()
 

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import asyncpg
 
-__all__ = ["POSTGRES_DOWN", "create_pool"]
+__all__ = [
+    "POSTGRES_DOWN",
+    "POSTGRES_FAILURES",
+    "Connection",
+    "InputRefused",
+    "Pool",
+    "Record",
+    "create_pool",
+    "ping",
+    "short_pool",
+]
+
+#: The asyncpg types other layers name in signatures (only storage imports asyncpg).
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+Record = asyncpg.Record
 
 #: What asyncpg raises when PostgreSQL cannot be reached or goes away mid-query.
 POSTGRES_DOWN: tuple[type[Exception], ...] = (
@@ -19,6 +36,10 @@ POSTGRES_DOWN: tuple[type[Exception], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     TimeoutError,
 )
+#: PostgreSQL refused a value (e.g. a \\u0000 inside a string): the input's fault, not ours.
+InputRefused = asyncpg.DataError
+#: Any failure of a statement, the server's refusals included: what a worker pauses on and retries.
+POSTGRES_FAILURES: tuple[type[Exception], ...] = (asyncpg.PostgresError, *POSTGRES_DOWN)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -54,3 +75,18 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     )
     assert pool is not None
     return pool
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """Readiness: PostgreSQL answers a trivial query within 2 s."""
+    await pool.fetchval("SELECT 1", timeout=2)
+
+
+@contextlib.asynccontextmanager
+async def short_pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool for one command of the CLI, closed when the command is done."""
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()

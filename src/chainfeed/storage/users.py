@@ -8,7 +8,14 @@ import asyncpg
 
 from chainfeed.errors import ConflictError
 
-__all__ = ["User", "create_user", "get_user", "get_user_by_name", "user_exists"]
+__all__ = [
+    "User",
+    "create_user",
+    "ensure_watcher",
+    "get_user",
+    "get_user_by_name",
+    "user_exists",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +64,25 @@ async def get_user(pool: asyncpg.Pool, user_id: int) -> User | None:
 async def user_exists(pool: asyncpg.Pool, user_id: int) -> bool:
     """Whether the user with ``user_id`` still exists (checked on every WebSocket connect)."""
     return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))
+
+
+async def ensure_watcher(
+    pool: asyncpg.Pool, username: str, password_hash: str, address: str, label: str
+) -> int:
+    """The id of ``username``, created with ``password_hash`` if new, watching ``address`` (dev's demo)."""
+    async with pool.acquire() as conn, conn.transaction():
+        user_id = await conn.fetchval("SELECT id FROM users WHERE username = $1", username)
+        if user_id is None:
+            user_id = await conn.fetchval(
+                "INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING id",
+                username,
+                password_hash,
+            )
+        await conn.execute(
+            "INSERT INTO watched_addresses (user_id, address, label) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING",
+            user_id,
+            address,
+            label,
+        )
+    return int(user_id)

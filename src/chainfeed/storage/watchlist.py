@@ -10,7 +10,12 @@ import asyncpg
 from chainfeed.errors import ConflictError, NotFoundError
 from chainfeed.storage.alchemy_sync import record_watch_change
 
-__all__ = ["add_address", "list_addresses", "remove_address"]
+__all__ = [
+    "add_address",
+    "list_addresses",
+    "recently_watched",
+    "remove_address",
+]
 
 
 def _entry(row: asyncpg.Record) -> dict[str, Any]:
@@ -79,3 +84,11 @@ async def remove_address(pool: asyncpg.Pool, user_id: int, address: str) -> None
         if status.endswith(" 0"):
             raise NotFoundError("address is not on the watch list")
         await record_watch_change(conn, address)
+
+
+async def recently_watched(pool: asyncpg.Pool, *, limit: int) -> list[str]:
+    """Distinct watched addresses, the most recently watched first (the simulator's targets)."""
+    rows = await pool.fetch(
+        "SELECT address FROM watched_addresses GROUP BY address ORDER BY max(created_at) DESC LIMIT $1", limit
+    )
+    return [row["address"] for row in rows]

@@ -54,13 +54,12 @@ class AddressController(Controller):
         entry, created = await add_address(
             runtime.pool, user.id, address, label, limit=runtime.settings.max_addresses_per_user
         )
-        if created and runtime.alchemy_sync is not None:
-            runtime.alchemy_sync.wake()
+        if created:
+            runtime.address_sync.wake()
         return Response(entry, status_code=201 if created else 200)
 
     @delete("/{address:str}", status_code=204, responses=error_responses(400, 401, 404, 503))
     async def remove(self, address: FromPath[str], user: UserDep, runtime: RuntimeDep) -> None:
         """Stop watching; 404 if it was not watched."""
         await remove_address(runtime.pool, user.id, normalize_address(address))
-        if runtime.alchemy_sync is not None:
-            runtime.alchemy_sync.wake()
+        runtime.address_sync.wake()

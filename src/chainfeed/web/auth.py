@@ -11,7 +11,6 @@ from litestar import Controller, Request, get, post
 from litestar.di import Provide
 from litestar.params import JSONBody
 
-from chainfeed.broker.logins import LoginLimiter
 from chainfeed.domain.passwords import hash_password, validate_credentials, verify_password
 from chainfeed.domain.tokens import issue_token
 from chainfeed.errors import AuthError, ValidationError
@@ -69,7 +68,7 @@ class AuthController(Controller):
     ) -> dict[str, object]:
         """A fresh token for valid credentials; 401 for anything else, without saying which part was
         wrong; 429 with Retry-After after too many failures for the account or from the IP."""
-        limiter = LoginLimiter(runtime.redis)
+        limiter = runtime.logins
         ip = request.client.host if request.client else "unknown"
         await limiter.check(data.username, ip)
         try:

@@ -8,9 +8,8 @@ import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from chainfeed.broker.client import REDIS_DOWN
 from chainfeed.errors import (
     AuthError,
     ChainFeedError,
@@ -75,5 +74,5 @@ EXCEPTION_HANDLERS: dict[type[Exception], object] = {
     Exception: unexpected,
     ChainFeedError: chainfeed_error,
     HTTPException: http_error,
-    **dict.fromkeys((*POSTGRES_DOWN, RedisConnectionError, RedisTimeoutError), backend_down),
+    **dict.fromkeys((*POSTGRES_DOWN, *REDIS_DOWN), backend_down),
 }

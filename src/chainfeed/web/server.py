@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 
 import uvicorn
 from litestar import Litestar
+from uvicorn.supervisors import Multiprocess
 
 from chainfeed import config
 from chainfeed.config import Settings
 from chainfeed.observability.logging import configure_logging
+from chainfeed.observability.multiprocess import multiprocess_metrics
 from chainfeed.web import create_app
 from chainfeed.web.wsprotocol import WebSocketProtocol
 
-__all__ = ["app_from_env", "quiet_handshake_lines", "uvicorn_config"]
+__all__ = ["app_from_env", "quiet_handshake_lines", "run_server", "uvicorn_config"]
 
 #: Inbound WebSocket frames larger than this are refused with close code 1009 (SPEC).
 WS_MAX_INBOUND_BYTES = 4096
@@ -75,9 +76,23 @@ def uvicorn_config(
     )
 
 
+def run_server(app: Litestar | str, settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
+    """Serve until stopped: in this process, or with ``workers`` > 1 in uvicorn's worker processes.
+
+    Several workers need the app as an import string (each builds its own) and share one socket;
+    /metrics then sums every worker's values (prometheus multiprocess mode).
+    """
+    cfg = uvicorn_config(app, settings, host=host, port=port, workers=workers)
+    if workers > 1:
+        with multiprocess_metrics():
+            Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
+    else:
+        uvicorn.Server(cfg).run()
+
+
 def app_from_env() -> Litestar:
     """The app built from the environment: the factory ``serve`` gives each uvicorn worker."""
-    settings = config.load(dev=os.environ.get("CHAINFEED_DEV") == "1")
+    settings = config.load(dev=None)
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     quiet_handshake_lines(settings.log_level)
     settings.require_services()

@@ -17,7 +17,6 @@ from litestar.exceptions import HTTPException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ControllerRouterHandler
 
-from chainfeed.errors import UnavailableError
 from chainfeed.ingest.webhook import ingest_webhook, reject_too_large
 from chainfeed.observability.metrics import WEBHOOK_REQUESTS
 from chainfeed.web.deps import RuntimeDep
@@ -46,14 +45,13 @@ async def alchemy_webhook(request: Request[Any, Any, Any], runtime: RuntimeDep) 
         WEBHOOK_REQUESTS.labels(outcome="timeout").inc()
         log.warning("webhook rejected", outcome="timeout", content_length=request.content_length)
         raise HTTPException(status_code=408, detail="request body not received in time") from None
-    if runtime.relay is None:  # pragma: no cover - the runtime always starts the relay
-        raise UnavailableError("outbox relay", "not started")
     result = await ingest_webhook(
         body,
         request.headers.get(SIGNATURE_HEADER),
         signing_keys=runtime.settings.alchemy_signing_keys,
         pool=runtime.pool,
         relay=runtime.relay,
+        probe=runtime.probe,
     )
     return result.as_json()
 

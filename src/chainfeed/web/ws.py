@@ -10,7 +10,6 @@ or cannot reach Redis/PostgreSQL. The token is read here and never logged.
 from __future__ import annotations
 
 import collections
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,12 +19,12 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.types import ControllerRouterHandler
 
-from chainfeed.delivery.consumer import replay_page, replay_recent, replay_resume
 from chainfeed.delivery.hub import Hub
-from chainfeed.delivery.session import ClientGone, ReplayPage, Session
+from chainfeed.delivery.resume import Replay
+from chainfeed.delivery.session import Session
 from chainfeed.domain.frames import parse_since
 from chainfeed.domain.tokens import Claims, decode_token
-from chainfeed.errors import AuthError
+from chainfeed.errors import AuthError, ClientGone
 from chainfeed.observability.metrics import WEBSOCKET_ERRORS
 from chainfeed.runtime import Runtime
 from chainfeed.storage.users import user_exists
@@ -111,7 +110,7 @@ async def _authenticate(runtime: Runtime, token: str | None) -> tuple[int, float
 async def feed_socket(socket: WebSocket[Any, Any, Any], runtime: RuntimeDep) -> None:
     """Authenticate, register with the hub, replay what was missed, then push live until closed."""
     settings = runtime.settings
-    hub: Hub | None = runtime.hub
+    hub = runtime.hub
     allowed, origin = settings.ws_allowed_origins, socket.headers.get("origin")
     # Browsers always send Origin; a client without one is not a browser page and could claim any.
     if allowed is not None and origin is not None and origin not in allowed:
@@ -132,7 +131,7 @@ async def feed_socket(socket: WebSocket[Any, Any, Any], runtime: RuntimeDep) -> 
     if raw_since is not None and since is None:
         await _refuse(socket, 4400, "invalid since", error="protocol")
         return
-    if hub is None or not hub.reserve():
+    if not hub.reserve():
         await _refuse(socket, 1013, "server at capacity", error="limit")
         return
     await _serve(socket, runtime, hub, user_id=user_id, expires_at=expires_at, since=since)
@@ -169,9 +168,7 @@ async def _serve(
     started = time.monotonic()
     code = 1006
     try:
-        late, page = _resume_queries(runtime)
-        session = Session(conn, _Socket(socket), page, late, functools.partial(replay_recent, runtime.pool))
-        code = await session.run(since)
+        code = await Session(conn, _Socket(socket), Replay(runtime.pool, user_id)).run(since)
     finally:
         await hub.close(conn)
         log.info(
@@ -183,34 +180,6 @@ async def _serve(
             user_connections=user_connections,  # when it opened, across instances
             total_connections=hub.total,
         )
-
-
-def _resume_queries(runtime: Runtime) -> tuple[ReplayPage, ReplayPage]:
-    """A connection's ``(late, page)`` replay queries for its Session, one query per resume.
-
-    The session asks for the late items, then for pages until one is empty: three queries for
-    a resume with anything to send, two without. The late query here fetches the first page
-    along (:func:`chainfeed.delivery.consumer.replay_resume`) and hands it to the next page request; when
-    that page was short, the request after it is answered with nothing, without a query: what
-    was committed after the query was published after the user's channel was subscribed, and
-    reaches the connection live.
-    """
-    pool = runtime.pool
-    ahead: dict[int, list[tuple[int, str]]] = {}  # pages already fetched, by the id they follow
-
-    async def late(user_id: int, since: int) -> list[tuple[int, str]]:
-        frames, first, last = await replay_resume(pool, user_id, since)
-        ahead.clear()
-        ahead[since] = first
-        if last and first:
-            ahead[first[-1][0]] = []
-        return frames
-
-    async def page(user_id: int, after: int) -> list[tuple[int, str]]:
-        fetched = ahead.pop(after, None)
-        return fetched if fetched is not None else await replay_page(pool, user_id, after)
-
-    return late, page
 
 
 ROUTES: list[ControllerRouterHandler] = [feed_socket]
