@@ -1,7 +1,8 @@
 """ChainFeed: real-time push of on-chain activity for the addresses a user follows.
 
 The pipeline is ``webhook -> PostgreSQL (+ outbox) -> Redis Stream -> WebSocket hub``; see
-README.md for the picture and ../shared/SPEC.md for the product contract.
+docs/design.md for the picture, docs/architecture.md for the layout and docs/protocol.md for
+the contract clients rely on.
 """
 
 __all__ = ["__version__"]

@@ -80,7 +80,8 @@ DEAD_LETTERS = Counter("redis_stream_dead_letters_total", "Stream entries moved 
 # --- Ingest ----------------------------------------------------------------------------------
 WEBHOOK_REQUESTS = Counter(
     "webhook_requests_total",
-    "Alchemy webhook requests by outcome (accepted, bad_signature, malformed, too_large, unavailable).",
+    "Alchemy webhook requests by outcome"
+    " (accepted, bad_signature, malformed, too_large, timeout, unavailable).",
     ["outcome"],
 )
 ACTIVITIES_INGESTED = Counter("webhook_activities_total", "Alchemy activities ingested.", ["category"])

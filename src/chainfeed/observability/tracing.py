@@ -1,7 +1,7 @@
 """OpenTelemetry set-up: a real TracerProvider always (so trace ids exist and travel in stream
 entries and pushes), exporting over OTLP/HTTP only when an endpoint is configured.
 
-Spans of one webhook's trace (README, Monitoring, Tracing)::
+Spans of one webhook's trace (docs/operations.md, Tracing)::
 
     POST /webhooks/alchemy (SERVER, Litestar's OpenTelemetry plugin)
       ingest webhook -> ingest store (CLIENT, the PostgreSQL write)
