@@ -53,10 +53,7 @@ import os
 import random
 import resource
 import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,11 +61,11 @@ from typing import Any
 
 import asyncpg
 import httpx
-import psutil
 
-from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from chainfeed.domain.tokens import issue_token
-from chainfeed.storage import migrate
+
+# isort: split
+import harness  # bench/harness.py: a sibling, on sys.path when a bench script runs
 
 JWT_SECRET = "connections-" + secrets.token_hex(24)
 #: File descriptors the app keeps for itself (pools, pipes, logs, the listening socket, the storm's overlap).
@@ -311,7 +308,7 @@ async def _child(local_host: str, concurrency: int) -> None:
 
 
 def _child_main(local_host: str, concurrency: int) -> None:
-    _raise_nofile()
+    harness.raise_nofile()
     import uvloop  # noqa: PLC0415 - the parent does not need it
 
     uvloop.run(_child(local_host, concurrency))
@@ -363,14 +360,6 @@ class Children:
 
         return list(await asyncio.gather(*(reply(p) for p in self.processes)))
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for process in self.processes:
-            with contextlib.suppress(psutil.Error):
-                times = psutil.Process(process.pid).cpu_times()
-                total += times.user + times.system
-        return total
-
     async def stop(self) -> None:
         for process in self.processes:
             if process.stdin is not None:
@@ -383,37 +372,6 @@ class Children:
                 await process.wait()
 
 
-class App:
-    """One ``chainfeed serve`` process for one level."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        with log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "chainfeed", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.ps = psutil.Process(self.process.pid)
-
-    def rss_mib(self) -> float:
-        return self.ps.memory_info().rss / 2**20
-
-    def cpu_seconds(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 class CpuMeter:
     """CPU seconds by role: the app, the client processes, PostgreSQL and Redis, this script, and
     ``other``: everything else on the machine (on a shared machine, how much the figures were disturbed).
@@ -423,29 +381,13 @@ class CpuMeter:
         self.roles = {"app": [app], "clients": clients, "services": services}
 
     def read(self) -> dict[str, float]:
-        used = {role: sum(_cpu_seconds(pid) for pid in pids) for role, pids in self.roles.items()}
-        used["bench"] = _cpu_seconds(os.getpid(), recursive=False)
-        machine = psutil.cpu_times()
-        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
-        used["other"] = busy - sum(used.values())
+        used = {role: sum(map(harness.tree_cpu_seconds, pids)) for role, pids in self.roles.items()}
+        used["bench"] = harness.own_cpu_seconds()
+        used["other"] = harness.machine_busy_seconds() - sum(used.values())
         return used
 
     def since(self, before: dict[str, float]) -> dict[str, float]:
         return {role: value - before[role] for role, value in self.read().items()}
-
-
-def _cpu_seconds(pid: int, *, recursive: bool = True) -> float:
-    """User + system CPU of ``pid`` and of its children that are alive now (PostgreSQL's backends)."""
-    try:
-        process = psutil.Process(pid)
-        total = 0.0
-        for each in [process, *(process.children(recursive=True) if recursive else [])]:
-            with contextlib.suppress(psutil.Error):
-                times = each.cpu_times()
-                total += times.user + times.system
-    except psutil.Error:
-        return 0.0
-    return total
 
 
 def _log_errors(path: Path) -> list[str]:
@@ -476,48 +418,23 @@ def _listen_overflows() -> int:
 
 def _percentile(values: list[float], pct: float) -> float:
     """The ``pct`` percentile of ``values`` (seconds) in milliseconds; nan when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] * 1000, 1)
+    return harness.percentile_ms(sorted(values), pct / 100, empty=float("nan"))
 
 
 async def _active(http: httpx.AsyncClient) -> int:
-    text = (await http.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith("websocket_active_connections"):
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
+    return int(harness.metric((await http.get("/metrics")).text, "websocket_active_connections"))
 
 
 async def _wait_active(
     http: httpx.AsyncClient, target: int, seconds: float, *, at_most: bool = False
 ) -> bool:
     """Wait until the app shows at least ``target`` connections (or at most, with ``at_most``)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    async def reached() -> bool:
         active = await _active(http)
-        if (active <= target) if at_most else (active >= target):
-            return True
-        await asyncio.sleep(0.2)
-    return False
+        return (active <= target) if at_most else (active >= target)
 
-
-async def _insert_users(database_url: str, count: int) -> list[int]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        first = await conn.fetchval("SELECT coalesce(max(id), 0) FROM users")
-        prefix = f"bench-{secrets.token_hex(3)}-"
-        # "!" is no scrypt hash: these users cannot log in, they only hold tokens.
-        await conn.copy_records_to_table(
-            "users",
-            records=[(f"{prefix}{i}", "!") for i in range(count)],
-            columns=["username", "password_hash"],
-        )
-        rows = await conn.fetch("SELECT id FROM users WHERE id > $1 ORDER BY id", first)
-    finally:
-        await conn.close()
-    return [row["id"] for row in rows]
+    return await harness.wait_for(reached, seconds=seconds, every=0.2)
 
 
 def _plan(user_ids: list[int], tabs: int) -> list[tuple[int, str]]:
@@ -553,10 +470,7 @@ class Producer:
         self.items: list[tuple[int, int, float]] = []
 
     async def run(self) -> None:
-        tick, carry, next_at = 0.1, 0.0, time.monotonic()
-        while True:
-            carry += self.rate * tick
-            batch, carry = int(carry), carry - int(carry)
+        async for batch in harness.ticks(self.rate, 0.1):
             if batch:
                 owners = [
                     random.choice(self.storm_users if random.random() < 0.8 else self.users)
@@ -567,24 +481,19 @@ class Producer:
                 rows = await self.pool.fetch(_CREATE_ITEMS, owners, payloads)
                 created = time.monotonic()
                 self.items += [(row["id"], row["user_id"], created) for row in rows]
-            next_at += tick
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     def upto(self, at: float) -> list[list[int]]:
         return [[item_id, user] for item_id, user, created in self.items if created <= at]
 
 
-async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
+async def _level(  # noqa: PLR0915 - one scenario, top to bottom
     args: argparse.Namespace,
     requested: int,
     *,
-    services: tuple[str, str],
-    services_pids: list[int],
+    services: harness.Services,
     user_ids: list[int],
     children: Children,
-    root: Path,
 ) -> Level:
-    database_url, redis_url = services
     notes: list[str] = []
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     n, limited_by = requested, "-"
@@ -594,32 +503,25 @@ async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
     plan = _plan(user_ids, n)
     half = n // 2
     env = {
-        **os.environ,
-        "CHAINFEED_DATABASE_URL": database_url,
-        "CHAINFEED_REDIS_URL": redis_url,
-        "CHAINFEED_JWT_SECRET": JWT_SECRET,
-        "CHAINFEED_ALCHEMY_SIGNING_KEYS": "connections-key",
-        "CHAINFEED_LOG_FORMAT": "json",
         "CHAINFEED_WS_MAX_TOTAL": str(2 * n + 100),  # dropped and returning tabs overlap in a storm
         "CHAINFEED_WS_MAX_PER_USER": "16",  # likewise: 4 tabs, plus their not yet closed old selves
         "CHAINFEED_WS_PING_INTERVAL": str(args.ping_interval),
         "CHAINFEED_WS_PONG_TIMEOUT": str(args.ping_interval + 30),
     }
-    app = App(env, root / f"app-{requested}.log")
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    app = harness.App(
+        services,
+        jwt_secret=JWT_SECRET,
+        signing_key="connections-key",
+        name=f"connections-{requested}",
+        env=env,
+    )
+    pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
     producer_task: asyncio.Task[None] | None = None
-    ws_url = f"ws://127.0.0.1:{app.port}/ws"
     count = len(children.processes)
     try:
-        async with httpx.AsyncClient(base_url=app.base, timeout=30) as http:
-            for _ in range(600):
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("the app did not start; see its log")
-            await children.ask({"cmd": "init", "url": ws_url})
+        await app.ready()
+        async with httpx.AsyncClient(base_url=app.base_url, timeout=30) as http:
+            await children.ask({"cmd": "init", "url": app.ws_url})
             # One connection through every code path first, so imports and first-use caches do not
             # count as per-connection memory.
             await children.ask(
@@ -628,9 +530,9 @@ async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
             )
             await children.ask({"cmd": "close"})
             await asyncio.sleep(2)
-            rss_before = app.rss_mib()
+            rss_before = harness.rss_mib(app.pid)
 
-            meter = CpuMeter(app.process.pid, children.pids, services_pids)
+            meter = CpuMeter(app.pid, children.pids, [services.redis_pid, services.postgres_pid])
 
             async def batch(tabs: range, deflate: bool) -> tuple[float, dict[str, float], int, list[float]]:
                 """Open ``tabs``: (seconds until the server has them all, CPU used, failures, handshakes)."""
@@ -651,9 +553,9 @@ async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
             print(f"[{n}] connecting {half} without deflate, {n - half} with", file=sys.stderr)
             overflows = _listen_overflows()
             seconds_plain, cpu_plain, failures_plain, handshakes = await batch(range(half), deflate=False)
-            rss_plain = app.rss_mib()
+            rss_plain = harness.rss_mib(app.pid)
             seconds_deflate, cpu_deflate, failures_deflate, more = await batch(range(half, n), deflate=True)
-            rss_deflate = app.rss_mib()
+            rss_deflate = harness.rss_mib(app.pid)
             handshakes += more
             connect_overflows = _listen_overflows() - overflows
             connect_seconds = seconds_plain + seconds_deflate
@@ -666,7 +568,7 @@ async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
             await asyncio.sleep(args.idle)
             idle_seconds = time.monotonic() - started
             idle_cpu = {k: v / idle_seconds * 100 for k, v in meter.since(cpu).items()}
-            rss_after = app.rss_mib()
+            rss_after = harness.rss_mib(app.pid)
 
             storm = min(args.storm, n)
             base_id = await pool.fetchval("SELECT coalesce(max(id), 0) FROM feed_items")
@@ -732,7 +634,8 @@ async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
             await asyncio.gather(producer_task, return_exceptions=True)
         await pool.close()
         app.stop()
-    notes += _log_errors(root / f"app-{requested}.log")
+    notes += _log_errors(app.log)
+    app.log.unlink(missing_ok=True)
     return Level(
         requested=requested,
         connections=n,
@@ -782,36 +685,21 @@ async def _level(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
     )
 
 
-async def _run(args: argparse.Namespace, root: Path) -> list[Level]:
-    postgres, redis_server = EmbeddedPostgres(root / "postgres"), EmbeddedRedis(root / "redis")
-    children: Children | None = None
+async def _run(args: argparse.Namespace, services: harness.Services) -> list[Level]:
+    await harness.prepare(services.database_url)
+    most = max(args.connections)
+    user_ids = await harness.insert_users(
+        services.database_url, most // min(TABS_PER_USER) + 1, prefix=f"bench-{secrets.token_hex(3)}-"
+    )
+    print(f"{len(user_ids)} users inserted", file=sys.stderr)
+    children = await Children.start(args.clients, args.concurrency)
     try:
-        database_url, redis_url = postgres.start(), redis_server.start()
-        await migrate(database_url)
-        most = max(args.connections)
-        user_ids = await _insert_users(database_url, most // min(TABS_PER_USER) + 1)
-        print(f"{len(user_ids)} users inserted", file=sys.stderr)
-        children = await Children.start(args.clients, args.concurrency)
-        assert redis_server.process is not None
-        postmaster = int((root / "postgres" / "postmaster.pid").read_text().split()[0])
-        pids = [redis_server.process.pid, postmaster]
         return [
-            await _level(
-                args,
-                n,
-                services=(database_url, redis_url),
-                services_pids=pids,
-                user_ids=user_ids,
-                children=children,
-                root=root,
-            )
+            await _level(args, n, services=services, user_ids=user_ids, children=children)
             for n in args.connections
         ]
     finally:
-        if children is not None:
-            await children.stop()
-        redis_server.stop()
-        postgres.stop()
+        await children.stop()
 
 
 def _print(levels: list[Level]) -> None:
@@ -823,11 +711,6 @@ def _print(levels: list[Level]) -> None:
     for lv in levels:
         for note in lv.notes:
             print(f"[{lv.requested}] {note}")
-
-
-def _raise_nofile() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main() -> None:
@@ -851,17 +734,10 @@ def main() -> None:
     if args.quick:
         args.connections, args.idle, args.storm = [2000], 10.0, 1000
         args.pre_storm = args.post_storm = 5.0
-    _raise_nofile()
-    root = Path(tempfile.mkdtemp(prefix="chainfeed-connections-"))
-    root.chmod(0o755)
-    try:
-        levels = asyncio.run(_run(args, root))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        print(json.dumps([asdict(lv) for lv in levels], indent=2))
-    else:
-        _print(levels)
+    harness.raise_nofile()
+    with harness.services(database_url=None, redis_url=None, prefix="chainfeed_connections") as services:
+        levels = asyncio.run(_run(args, services))
+    harness.report(levels, as_json=args.json, text=_print)
 
 
 if __name__ == "__main__":

@@ -31,33 +31,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import gc
+import itertools
 import json
 import os
 import pickle
 import random
-import resource
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from array import array
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import psutil
 from redis.asyncio import Redis
 
 from chainfeed.broker.wire import Commands
-from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from chainfeed.domain.tokens import issue_token
-from chainfeed.storage import migrate
+
+# isort: split
+import harness  # bench/harness.py: a sibling, on sys.path when a bench script runs
 
 JWT_SECRET = "bench-" + secrets.token_hex(24)
 PHASE_IDS = 10**9  # feed item ids of phase k are k * PHASE_IDS + n
@@ -203,52 +200,19 @@ class Phase:
     app_system_share: float = 0.0
 
 
-def _cpu(processes: list[psutil.Process], *, system_only: bool = False) -> float:
-    total = 0.0
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            total += times.system if system_only else times.user + times.system
-    return total
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def _metric(text: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith((name + " ", name + "{"))
-    )
-
-
-def _buckets(text: str) -> dict[float, float]:
-    """The app's delivery-latency histogram (entry time -> frame written): ``{le: count}``."""
-    found: dict[float, float] = {}
-    prefix = 'chainfeed_delivery_latency_seconds_bucket{le="'
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            le = line[len(prefix) : line.index('"', len(prefix))]
-            found[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
-    return found
-
-
-def _bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, str]:
+def _bucket_quantiles(before: harness.Histogram, after: harness.Histogram) -> dict[str, str]:
     """p50/p99 of the app's own latency histogram over the phase, as bucket bounds (``<= x ms``).
 
     Measured by the server (stream entry time to frame written): set beside the clients' figures
     it tells the server's share of the latency from the clients' and the machine's.
     """
-    delta = sorted((le, after.get(le, 0.0) - before.get(le, 0.0)) for le in after)
-    total = delta[-1][1] if delta else 0.0
-    result = {}
-    for name, q in (("p50", 0.5), ("p99", 0.99)):
-        bound = next((le for le, count in delta if total and count >= q * total), float("inf"))
-        result[name] = f"<= {bound * 1000:g} ms"
-    return result
+    window = after.since(before)
+    return {name: f"<= {window.bound(q) * 1000:g} ms" for name, q in (("p50", 0.5), ("p99", 0.99))}
+
+
+def _latency(text: str) -> harness.Histogram:
+    """The app's delivery-latency histogram (stream entry time -> frame written)."""
+    return harness.histograms(text, "chainfeed_delivery_latency_seconds").get("", harness.Histogram())
 
 
 def _tab_plan(users: int, connections: int) -> list[int]:
@@ -261,52 +225,6 @@ def _tab_plan(users: int, connections: int) -> list[int]:
     for i in range(abs(extra)):
         plan[(users // 5 + i) % users] += 1 if extra > 0 else -1
     return plan
-
-
-@contextlib.contextmanager
-def _services(args: argparse.Namespace) -> Iterator[tuple[str, str, int]]:
-    if args.database_url and args.redis_url:
-        yield args.database_url, args.redis_url, 0
-        return
-    root = Path(tempfile.mkdtemp(prefix="chainfeed-delivery-"))
-    root.chmod(0o755)
-    postgres, redis_server = EmbeddedPostgres(root / "postgres"), EmbeddedRedis(root / "redis")
-    try:
-        database_url, redis_url = postgres.start(), redis_server.start()
-        pid = (
-            int((root / "redis" / "redis.pid").read_text()) if (root / "redis" / "redis.pid").exists() else 0
-        )
-        yield database_url, redis_url, pid
-    finally:
-        redis_server.stop()
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _redis_pid(port: int, known: int) -> int:
-    if known:
-        return known
-    for process in psutil.process_iter(["name", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if (process.info["name"] or "").startswith("redis-server") and f":{port}" in " ".join(
-                process.info["cmdline"] or []
-            ):
-                return process.pid
-    return 0
-
-
-async def _seed(database_url: str, users: int) -> list[int]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute("TRUNCATE users CASCADE")
-        rows = await connection.fetch(
-            "INSERT INTO users (username, password_hash) "
-            "SELECT 'bench' || n, 'not-a-hash' FROM generate_series(1, $1) AS n RETURNING id",
-            users,
-        )
-    finally:
-        await connection.close()
-    return [row["id"] for row in rows]
 
 
 class _Publisher:
@@ -327,53 +245,28 @@ class _Publisher:
         """Publish for ``duration`` s at ``rate``/s; returns the user of each entry, by index."""
         sent: list[int] = []
         choice, users = random.choice, self._users
-        per_tick, carry = rate * TICK, 0.0
         base = phase * PHASE_IDS
-        started = time.monotonic()
-        next_at = started
         filler_a, filler_b = "ab" * 20, "cd" * 20
-        while time.monotonic() - started < duration:
-            carry += per_tick
-            count, carry = int(carry), carry - int(carry)
+        async for count in harness.ticks(rate, TICK, seconds=duration):
             commands = []
             pub = time.time()
             for _ in range(count):
                 user = choice(users)
                 item = base + len(sent) + 1
                 sent.append(user)
-                commands.append(
-                    [
-                        "XADD",
-                        "feed:stream",
-                        "*",
-                        "user_id",
-                        str(user),
-                        "type",
-                        "new_transaction",
-                        "payload",
-                        PAYLOAD.format(pub=pub, h=f"{item:064x}", a=filler_a, b=filler_b),
-                        "feed_item_id",
-                        str(item),
-                        "created_at",
-                        "2026-11-27T00:00:00+00:00",
-                    ]
-                )
+                payload = PAYLOAD.format(pub=pub, h=f"{item:064x}", a=filler_a, b=filler_b)
+                entry = harness.relay_entry(user, item, payload, "2026-11-27T00:00:00+00:00")
+                commands.append(["XADD", "feed:stream", "*", *itertools.chain(*entry.items())])
             if commands:
                 await self._wire.execute(commands)
-            next_at += TICK
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.5:  # far behind (max mode): do not try to catch up in one burst
-                next_at = time.monotonic()
         return sent
 
 
 async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
-    args: argparse.Namespace, database_url: str, redis_url: str, redis_pid: int
+    args: argparse.Namespace, services: harness.Services
 ) -> dict[str, object]:
-    await migrate(database_url)
-    user_ids = await _seed(database_url, args.users)
+    await harness.prepare(services.database_url)
+    user_ids = await harness.insert_users(services.database_url, args.users)
     plan = _tab_plan(args.users, args.connections)
     tabs_of_user = dict(zip(user_ids, plan, strict=True))
     tokens = {u: issue_token(u, secret=JWT_SECRET, ttl_seconds=6 * 3600) for u in user_ids}
@@ -383,55 +276,35 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
         for _ in range(tabs_of_user[user]):
             tab_specs.append((len(tab_specs), tokens[user]))
             tab_user.append(user)
-    port = free_port()
     env = {
-        **os.environ,
-        "CHAINFEED_DATABASE_URL": database_url,
-        "CHAINFEED_REDIS_URL": redis_url,
-        "CHAINFEED_JWT_SECRET": JWT_SECRET,
-        "CHAINFEED_ALCHEMY_SIGNING_KEYS": "bench-key",
-        "CHAINFEED_LOG_FORMAT": "json",
         "CHAINFEED_LOG_LEVEL": "warning",
         "CHAINFEED_WS_MAX_TOTAL": str(args.connections + 100),
         "CHAINFEED_WS_MAX_PER_USER": "10",
         "CHAINFEED_WS_SEND_QUEUE": str(args.send_queue),
-        **dict(item.split("=", 1) for item in args.env),
+        **harness.env_options(args.env),
     }
-    redis = Redis.from_url(redis_url)
+    redis = Redis.from_url(services.redis_url)
     await redis.delete("feed:stream")
-    log_path = Path(tempfile.gettempdir()) / f"chainfeed-delivery-{port}.log"
-    with log_path.open("wb") as out:
-        app = subprocess.Popen(  # noqa: ASYNC220 - returns at once; stopped in finally
-            [
-                sys.executable,
-                "-m",
-                "chainfeed",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(args.workers),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    app = harness.App(
+        services,
+        jwt_secret=JWT_SECRET,
+        signing_key="bench-key",
+        name="delivery",
+        env=env,
+        workers=args.workers,
+    )
     clients: list[subprocess.Popen[bytes]] = []
     closers: list[Callable[[], Awaitable[None]]] = []
     phases: list[Phase] = []
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            for _ in range(600):
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError(f"the app did not become ready; see {log_path}")
+        await app.ready()
+        async with httpx.AsyncClient(base_url=app.base_url, timeout=30) as http:
+
+            async def scrape(name: str) -> float:
+                return harness.metric((await http.get("/metrics")).text, name)
+
             for k in range(args.client_processes):
-                spec = {"port": port, "tabs": tab_specs[k :: args.client_processes]}
+                spec = {"port": app.port, "tabs": tab_specs[k :: args.client_processes]}
                 client = subprocess.Popen(  # noqa: ASYNC220
                     [sys.executable, __file__, "--client"],
                     stdin=subprocess.PIPE,
@@ -446,17 +319,16 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
                 line = await asyncio.to_thread(client.stdout.readline)
                 if line.strip() != b"open":
                     raise RuntimeError(f"a client process failed to connect: {line!r}")
+
             # Tabs are open; their subscriptions are confirmed once the gauge counts them all.
-            deadline = time.monotonic() + 60
-            while (
-                _metric((await http.get("/metrics")).text, "websocket_active_connections") < args.connections
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("not every connection was registered within 60 s")
-                await asyncio.sleep(0.2)
+            async def registered() -> bool:
+                return await scrape("websocket_active_connections") >= int(args.connections)
+
+            if not await harness.wait_for(registered, seconds=60, every=0.2):
+                raise RuntimeError("not every connection was registered within 60 s")
             print(f"{args.connections} connections open; publishing (app pid {app.pid})", file=sys.stderr)
-            app_processes = _tree(app.pid)
-            redis_process = [psutil.Process(redis_pid)] if redis_pid else []
+            app_processes = harness.tree(app.pid)
+            redis_process = [psutil.Process(services.redis_pid)] if services.redis_pid else []
             me = psutil.Process()
             client_processes = [psutil.Process(c.pid) for c in clients]
             publisher = _Publisher(redis, user_ids)
@@ -468,27 +340,27 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
             for index, (name, rate, duration) in enumerate(plans, start=1):
                 await asyncio.sleep(1.0)
                 text = (await http.get("/metrics")).text
-                sent_before = _metric(text, "websocket_messages_sent_total")
-                buckets_before = _buckets(text)
-                app_cpu, redis_cpu = _cpu(app_processes), _cpu(redis_process)
-                app_system = _cpu(app_processes, system_only=True)
-                generator_cpu = _cpu([me, *client_processes])
+                sent_before = harness.metric(text, "websocket_messages_sent_total")
+                latency_before = _latency(text)
+                cpu = harness.cpu_seconds
+                app_cpu, redis_cpu = cpu(app_processes), cpu(redis_process)
+                app_system = cpu(app_processes, system_only=True)
+                generator_cpu = cpu([me, *client_processes])
                 started = time.monotonic()
                 sent = await publisher.run(index, rate, duration)
                 expected = sum(tabs_of_user[u] for u in sent)
-                drain_deadline = time.monotonic() + 15
-                while time.monotonic() < drain_deadline:
-                    metrics = (await http.get("/metrics")).text
-                    if _metric(metrics, "websocket_messages_sent_total") - sent_before >= expected:
-                        break
-                    await asyncio.sleep(0.05)
+
+                async def drained(before: float = sent_before, frames: int = expected) -> bool:
+                    return await scrape("websocket_messages_sent_total") - before >= frames
+
+                await harness.wait_for(drained, seconds=15, every=0.05)
                 seconds = time.monotonic() - started
-                server_side = _bucket_quantiles(buckets_before, _buckets((await http.get("/metrics")).text))
-                app_cpu = _cpu(app_processes) - app_cpu
-                app_system = _cpu(app_processes, system_only=True) - app_system
-                redis_cpu = _cpu(redis_process) - redis_cpu
-                generator_cpu = _cpu([me, *client_processes]) - generator_cpu
-                rss = sum(p.memory_info().rss for p in app_processes if p.is_running()) / 2**20
+                server_side = _bucket_quantiles(latency_before, _latency((await http.get("/metrics")).text))
+                app_cpu = cpu(app_processes) - app_cpu
+                app_system = cpu(app_processes, system_only=True) - app_system
+                redis_cpu = cpu(redis_process) - redis_cpu
+                generator_cpu = cpu([me, *client_processes]) - generator_cpu
+                rss = harness.rss_mib(app.pid)
                 sent_by_phase.append(sent)
                 print(f"phase {name}: server-side entry->written {server_side}", file=sys.stderr)
                 phases.append(
@@ -539,11 +411,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
         for client in clients:
             if client.poll() is None:
                 client.kill()
-        app.terminate()
-        try:
-            app.wait(20)
-        except subprocess.TimeoutExpired:
-            app.kill()
+        app.stop()
         for close in closers:
             await close()
         await redis.aclose()
@@ -575,14 +443,12 @@ def _score(phase: Phase, index: int, ids: array[float], latencies: array[float],
         arrivals.append(at)
     mine.sort()
 
-    def pct(p: float) -> float:
-        return round(1000 * mine[min(len(mine) - 1, int(p * len(mine)))], 2) if mine else 0.0
-
     phase.received_frames = len(mine)
     phase.duplicates = duplicates
     phase.lost = max(0, phase.expected_frames - len(mine))
-    phase.p50_ms, phase.p90_ms, phase.p99_ms = pct(0.50), pct(0.90), pct(0.99)
-    phase.max_ms = round(1000 * mine[-1], 2) if mine else 0.0
+    phase.p50_ms, phase.p90_ms, phase.p99_ms, phase.max_ms = (
+        harness.percentile_ms(mine, q, digits=2) for q in (0.50, 0.90, 0.99, 1.0)
+    )
     if arrivals:
         arrivals.sort()
         span = arrivals[-1] - arrivals[0]
@@ -649,20 +515,16 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("--send-queue", type=int, default=1024, help="CHAINFEED_WS_SEND_QUEUE")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra app setting")
-    parser.add_argument("--database-url")
-    parser.add_argument("--redis-url")
+    harness.add_service_options(parser)
     parser.add_argument("--dump", metavar="FILE", help="write every frame's receive time and latency")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.connections + 1024)), hard))
-    with _services(args) as (database_url, redis_url, redis_pid):
-        port = int(redis_url.rsplit(":", 1)[1].split("/")[0]) if "://" in redis_url else 0
-        figures = asyncio.run(_run(args, database_url, redis_url, _redis_pid(port, redis_pid)))
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        _print(figures)
+    harness.raise_nofile(4 * args.connections + 1024)
+    with harness.services(
+        database_url=args.database_url, redis_url=args.redis_url, prefix="chainfeed_delivery"
+    ) as services:
+        figures = asyncio.run(_run(args, services))
+    harness.report(figures, as_json=args.json, text=_print)
 
 
 if __name__ == "__main__":

@@ -38,29 +38,22 @@ import json
 import multiprocessing
 import os
 import random
-import resource
 import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-import asyncpg
 import httpx
 import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from chainfeed.devtools.simulate import ActivityFactory
-from chainfeed.domain.signature import sign
 from chainfeed.domain.tokens import issue_token
-from chainfeed.storage import migrate
+
+# isort: split
+import harness  # bench/harness.py: a sibling, on sys.path when a bench script runs
 
 JWT_SECRET = "e2e-" + secrets.token_hex(24)
 SIGNING_KEY = "whsec_e2e_" + secrets.token_hex(8)
@@ -149,49 +142,26 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    if any("=" not in item for item in args.app_env):
-        parser.error("--app-env takes NAME=VALUE")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.users + 1024)), hard))
-    root = Path(tempfile.mkdtemp(prefix="chainfeed-e2e-"))
-    root.chmod(0o755)  # the PostgreSQL service user must traverse it when we are root
-    postgres, redis = EmbeddedPostgres(root / "postgres"), EmbeddedRedis(root / "redis")
-    try:
-        figures = asyncio.run(_run(args, root, postgres.start(), redis.start()))
-    finally:
-        redis.stop()
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        print(json.dumps(asdict(figures), indent=2))
-    else:
-        _print(figures)
+    args.app_env = harness.env_options(args.app_env)
+    harness.raise_nofile(4 * args.users + 1024)
+    with harness.services(database_url=None, redis_url=None, prefix="chainfeed_e2e") as services:
+        figures = asyncio.run(_run(args, services))
+    harness.report(figures, as_json=args.json, text=_print)
     return 0 if figures.frames_lost == 0 and set(figures.webhook_status) <= {"200"} else 1
 
 
 async def _seed(database_url: str, users: int, per_user: int) -> tuple[list[int], dict[str, list[int]]]:
     """(user ids, watchers by address): ``per_user`` addresses each, every tenth also the next user's."""
-    with contextlib.redirect_stdout(sys.stderr):  # its progress lines would spoil --json
-        await migrate(database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "INSERT INTO users (username, password_hash)"
-            " SELECT 'e2e' || n, 'x' FROM generate_series(1, $1) n RETURNING id",
-            users,
-        )
-        ids = [row["id"] for row in rows]
-        watchers: dict[str, list[int]] = {}
-        for n, user_id in enumerate(ids):
-            for k in range(per_user):
-                address = f"0x{random.randbytes(20).hex()}"
-                watchers[address] = [user_id]
-                if k == 0 and n % 10 == 0 and len(ids) > 1:
-                    watchers[address].append(ids[(n + 1) % len(ids)])
-        pairs = [(user_id, a) for a, owners in watchers.items() for user_id in owners]
-        await conn.copy_records_to_table("watched_addresses", records=pairs, columns=["user_id", "address"])
-    finally:
-        await conn.close()
+    await harness.prepare(database_url)
+    ids = await harness.insert_users(database_url, users, prefix="e2e")
+    watchers: dict[str, list[int]] = {}
+    for n, user_id in enumerate(ids):
+        for k in range(per_user):
+            address = f"0x{random.randbytes(20).hex()}"
+            watchers[address] = [user_id]
+            if k == 0 and n % 10 == 0 and len(ids) > 1:
+                watchers[address].append(ids[(n + 1) % len(ids)])
+    await harness.insert_watches(database_url, [(u, a) for a, owners in watchers.items() for u in owners])
     return ids, watchers
 
 
@@ -199,13 +169,11 @@ def _bodies(
     watchers: dict[str, list[int]], count: int, activities: int, seed: int
 ) -> tuple[list[tuple[bytes, str]], list[list[tuple[str, set[int]]]]]:
     """Signed bodies, and per body its transfers as (tx hash, users who get a feed item)."""
-    factory = ActivityFactory(random.Random(seed))
-    watched = list(watchers)
     bodies, transfers = [], []
-    for _ in range(count):
-        webhook = factory.webhook(watched, activities=activities)
-        body = json.dumps(webhook, separators=(",", ":")).encode()
-        bodies.append((body, sign(body, SIGNING_KEY)))
+    for webhook, body, signature in harness.signed_webhooks(
+        list(watchers), count, activities=activities, seed=seed, key=SIGNING_KEY
+    ):
+        bodies.append((body, signature))
         transfers.append(
             [
                 (a["hash"], {u for side in ("fromAddress", "toAddress") for u in watchers.get(a[side], ())})
@@ -213,25 +181,6 @@ def _bodies(
             ]
         )
     return bodies, transfers
-
-
-def _app(
-    database_url: str, redis_url: str, *, port: int, log: Path, workers: int, extra: list[str]
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "CHAINFEED_DATABASE_URL": database_url,
-        "CHAINFEED_REDIS_URL": redis_url,
-        "CHAINFEED_JWT_SECRET": JWT_SECRET,
-        "CHAINFEED_ALCHEMY_SIGNING_KEYS": SIGNING_KEY,
-        "CHAINFEED_LOG_FORMAT": "json",
-        **dict(item.split("=", 1) for item in extra),
-    }
-    command = [sys.executable, "-m", "chainfeed", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [*command, "--workers", str(workers)], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 def _sender_pid() -> int:
@@ -255,9 +204,9 @@ def _send_scheduled(
     plan: Plan, bodies: list[tuple[bytes, str]]
 ) -> tuple[list[tuple[str, float]], float, float]:
     """In the sender process: ((status, response monotonic time) per body, max lateness s, CPU s)."""
-    before = _rusage()
+    before = harness.own_cpu_seconds()
     results, late = asyncio.run(_sender(plan, bodies))
-    return results, late, _rusage() - before
+    return results, late, harness.own_cpu_seconds() - before
 
 
 async def _sender(plan: Plan, bodies: list[tuple[bytes, str]]) -> tuple[list[tuple[str, float]], float]:
@@ -294,91 +243,62 @@ async def _sender(plan: Plan, bodies: list[tuple[bytes, str]]) -> tuple[list[tup
     return results, late
 
 
-def _cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """CPU seconds so far of each pid and its descendants (those still alive)."""
-    totals = {}
-    for pid in pids:
-        total = 0.0
-        with contextlib.suppress(psutil.Error):
-            process = psutil.Process(pid)
-            for p in [process, *process.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    times = p.cpu_times()
-                    total += times.user + times.system
-        totals[pid] = total
-    return totals
+def _histograms(text: str) -> dict[str, harness.Histogram]:
+    """Each stage's histogram, and ``entry_to_frame``: the app's stream entry -> frame written."""
+    found = harness.histograms(text, "chainfeed_stage_duration_seconds", by="stage")
+    for latency in harness.histograms(text, "chainfeed_delivery_latency_seconds").values():
+        found["entry_to_frame"] = latency
+    return found
 
 
-def _machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (guest time is already counted in user time)."""
-    times = psutil.cpu_times()._asdict()
-    idle = ("idle", "iowait", "steal", "guest", "guest_nice")
-    return sum(v for k, v in times.items() if k not in idle)
-
-
-def _histograms(text: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each stage's histogram, and ``entry_to_frame``: stream entry -> frame written."""
-    out: dict[str, list[float]] = {}
-    for line in text.splitlines():
-        for name in _HISTOGRAMS:
-            for suffix, slot in (("_sum", 0), ("_count", 1)):
-                if line.startswith(name + suffix):
-                    series, value = line.rsplit(" ", 1)
-                    key = (
-                        series.split('stage="', 1)[1].split('"', 1)[0]
-                        if 'stage="' in series
-                        else "entry_to_frame"
-                    )
-                    out.setdefault(key, [0.0, 0.0])[slot] += float(value)
-    return {k: (v[0], v[1]) for k, v in out.items()}
-
-
-async def _run(args: argparse.Namespace, root: Path, database_url: str, redis_url: str) -> Figures:  # noqa: PLR0915 - one scenario, top to bottom
-    user_ids, watchers = await _seed(database_url, args.users, args.addresses_per_user)
+async def _run(args: argparse.Namespace, services: harness.Services) -> Figures:  # noqa: PLR0915 - one scenario, top to bottom
+    user_ids, watchers = await _seed(services.database_url, args.users, args.addresses_per_user)
     count = int(args.rate * args.duration)
     warmup, warmup_transfers = _bodies(watchers, 20, args.activities, seed=1)
     bodies, transfers = _bodies(watchers, count, args.activities, seed=2)
-    port = free_port()
-    log = Path(tempfile.gettempdir()) / f"chainfeed-e2e-app-{port}.log"
-    app = _app(database_url, redis_url, port=port, log=log, workers=args.workers, extra=args.app_env)
-    pids = {"app": app.pid, "postgres": _pidfile(root / "postgres" / "postmaster.pid")}
-    pids["redis"] = _pidfile(root / "redis" / "redis.pid")
+    app = harness.App(
+        services, jwt_secret=JWT_SECRET, signing_key=SIGNING_KEY, name="e2e-app", env=args.app_env,
+        workers=args.workers,
+    )  # fmt: skip
+    pids = {"app": app.pid, "postgres": services.postgres_pid, "redis": services.redis_pid}
+
+    def cpu_seconds() -> dict[str, float]:
+        return {kind: harness.tree_cpu_seconds(pid) for kind, pid in pids.items()}
+
     tabs: list[Tab] = []
     tasks: list[asyncio.Task[None]] = []
     pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     loop = asyncio.get_running_loop()
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            await _ready(http, app, log)
+        await app.ready()
+        async with httpx.AsyncClient(base_url=app.base_url, timeout=30) as http:
             for n, user_id in enumerate(user_ids):
                 token = issue_token(user_id, secret=JWT_SECRET, ttl_seconds=3600)
-                tabs += [Tab(user_id, f"ws://127.0.0.1:{port}/ws?token={token}") for _ in range(2 - n % 2)]
+                tabs += [Tab(user_id, f"{app.ws_url}?token={token}") for _ in range(2 - n % 2)]
             tasks = [asyncio.create_task(tab.run()) for tab in tabs]
             async with asyncio.timeout(60):
                 await asyncio.gather(*(tab.open.wait() for tab in tabs))
             pids["sender"] = await loop.run_in_executor(pool, _sender_pid)
             # Warm-up: a few webhooks, and their frames, before anything is measured.
             await asyncio.gather(*(_post(http, body, sig) for body, sig in warmup))
-            await _frames_arrive(tabs, _expected(tabs, warmup_transfers), deadline=time.monotonic() + 30)
+            await _frames_arrive(tabs, _expected(tabs, warmup_transfers), seconds=30)
             for tab in tabs:
                 tab.frames.clear()
             metrics_before = _histograms((await http.get("/metrics")).text)
             measured_from = time.monotonic()
-            cpu_before, machine_before, rusage_before = (
-                _cpu_seconds(list(pids.values())),
-                _machine_busy(),
-                _rusage(),
-            )
+            cpu_before, machine_before = cpu_seconds(), harness.machine_busy_seconds()
+            rusage_before = harness.own_cpu_seconds()
             rss = asyncio.create_task(_sample_rss(app.pid))
             start_at = measured_from + 0.5  # time to hand the bodies to the sender process
             plan = Plan(
-                port, start_at, args.rate, args.connections, start_at + count / args.rate + args.drain
+                app.port, start_at, args.rate, args.connections, start_at + count / args.rate + args.drain
             )
             results, late, sender_cpu = await loop.run_in_executor(pool, _send_scheduled, plan, bodies)
             ok = [t for t, (status, _) in zip(transfers, results, strict=True) if status == "200"]
-            await _frames_arrive(tabs, _expected(tabs, ok), deadline=time.monotonic() + args.drain)
+            await _frames_arrive(tabs, _expected(tabs, ok), seconds=args.drain)
             window = time.monotonic() - measured_from
-            cpu_after, machine, bench_cpu = _cpu_seconds(list(pids.values())), _machine_busy(), _rusage()
+            cpu_after, machine = cpu_seconds(), harness.machine_busy_seconds()
+            bench_cpu = harness.own_cpu_seconds()
             rss.cancel()
             rss_samples = await rss
             metrics_after = _histograms((await http.get("/metrics")).text)
@@ -387,17 +307,8 @@ async def _run(args: argparse.Namespace, root: Path, database_url: str, redis_ur
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         pool.shutdown(wait=True, cancel_futures=True)
-        app.terminate()
-        try:
-            app.wait(20)
-        except subprocess.TimeoutExpired:
-            app.kill()
-            app.wait()
-    cpu = {
-        kind: 100 * (cpu_after[pid] - cpu_before[pid]) / window
-        for kind, pid in pids.items()
-        if kind != "sender"
-    }
+        app.stop()
+    cpu = {kind: 100 * (cpu_after[kind] - cpu_before[kind]) / window for kind in pids if kind != "sender"}
     cpu["ws clients"] = 100 * (bench_cpu - rusage_before) / window
     cpu["sender"] = 100 * sender_cpu / window
     cpu["machine"] = 100 * (machine - machine_before) / window
@@ -412,12 +323,12 @@ async def _run(args: argparse.Namespace, root: Path, database_url: str, redis_ur
         window=window,
         cpu=cpu,
         rss=rss_samples,
-        stages=_stage_means(metrics_before, metrics_after),
+        stages=harness.means_ms(metrics_after, metrics_before),
     )
     if figures.frames_lost or set(figures.webhook_status) - {"200"}:
-        print(f"frames lost or webhooks failed; the app's log is {log}", file=sys.stderr)
+        print(f"frames lost or webhooks failed; the app's log is {app.log}", file=sys.stderr)
     else:
-        log.unlink(missing_ok=True)
+        app.log.unlink(missing_ok=True)
     return figures
 
 
@@ -470,8 +381,8 @@ def _figures(
         tabs=len(tabs),
         webhooks=len(results),
         webhook_status=dict(Counter(status for status, _ in results)),
-        webhook_response_p50_ms=_pct(responses, 0.50),
-        webhook_response_p99_ms=_pct(responses, 0.99),
+        webhook_response_p50_ms=harness.percentile_ms(responses, 0.50),
+        webhook_response_p99_ms=harness.percentile_ms(responses, 0.99),
         send_late_max_ms=round(late * 1000, 1),
         ingest_activities_per_s=round(args.activities * len(answered) / (last - start_at)),
         frames_expected=expected,
@@ -480,12 +391,12 @@ def _figures(
         frames_duplicate=duplicates,
         frames_unexpected=unexpected,
         tabs_closed=sum(tab.closed is not None for tab in tabs),
-        latency_p50_ms=_pct(latencies, 0.50),
-        latency_p90_ms=_pct(latencies, 0.90),
-        latency_p99_ms=_pct(latencies, 0.99),
-        latency_max_ms=round(latencies[-1] * 1000, 1) if latencies else 0.0,
-        after_response_p50_ms=_pct(after_response, 0.50),
-        after_response_p99_ms=_pct(after_response, 0.99),
+        latency_p50_ms=harness.percentile_ms(latencies, 0.50),
+        latency_p90_ms=harness.percentile_ms(latencies, 0.90),
+        latency_p99_ms=harness.percentile_ms(latencies, 0.99),
+        latency_max_ms=harness.percentile_ms(latencies, 1.0),
+        after_response_p50_ms=harness.percentile_ms(after_response, 0.50),
+        after_response_p99_ms=harness.percentile_ms(after_response, 0.99),
         window_seconds=round(window, 2),
         cpu_percent={kind: round(value) for kind, value in cpu.items()},
         cpu_ms_per_activity={
@@ -500,19 +411,16 @@ def _figures(
     )
 
 
-def _pct(ordered: list[float], p: float) -> float:
-    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 1) if ordered else 0.0
-
-
 def _expected(tabs: list[Tab], transfers: list[list[tuple[str, set[int]]]]) -> int:
     """Frames the tabs should get: one per transfer per tab of each user watching either side."""
     tabs_of = Counter(tab.user_id for tab in tabs)
     return sum(tabs_of[u] for txs in transfers for _, users in txs for u in users)
 
 
-async def _frames_arrive(tabs: list[Tab], expected: int, *, deadline: float) -> None:
-    while sum(len(tab.frames) for tab in tabs) < expected and time.monotonic() < deadline:  # noqa: ASYNC110 - polls counters
-        await asyncio.sleep(0.05)
+async def _frames_arrive(tabs: list[Tab], expected: int, *, seconds: float) -> None:
+    await harness.wait_for(
+        lambda: sum(len(tab.frames) for tab in tabs) >= expected, seconds=seconds, every=0.05
+    )
 
 
 async def _post(http: httpx.AsyncClient, body: bytes, signature: str) -> None:
@@ -520,51 +428,16 @@ async def _post(http: httpx.AsyncClient, body: bytes, signature: str) -> None:
     (await http.post("/webhooks/alchemy", content=body, headers=headers)).raise_for_status()
 
 
-async def _ready(http: httpx.AsyncClient, app: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if app.poll() is not None:
-            raise SystemExit(f"the app exited during start-up; its log: {log}")
-        with contextlib.suppress(httpx.HTTPError):
-            if (await http.get("/readyz")).status_code == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise SystemExit("the app did not become ready within 60 s")
-
-
 async def _sample_rss(pid: int) -> list[float]:
     """The app's RSS (MiB, its worker processes included) every 0.5 s until cancelled."""
     samples: list[float] = []
-    process = psutil.Process(pid)
     while True:
         with contextlib.suppress(psutil.Error):
-            procs = [process, *process.children(recursive=True)]
-            samples.append(round(sum(p.memory_info().rss for p in procs) / 2**20, 1))
+            samples.append(round(harness.rss_mib(pid), 1))
         try:
             await asyncio.sleep(0.5)
         except asyncio.CancelledError:
             return samples
-
-
-def _rusage() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _pidfile(path: Path) -> int:
-    return int(path.read_text().split()[0])
-
-
-def _stage_means(
-    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
-) -> dict[str, float]:
-    """Mean duration (ms) of each stage during the measured window: the difference of two scrapes."""
-    means = {}
-    for key, (total, count) in after.items():
-        total0, count0 = before.get(key, (0.0, 0.0))
-        if count > count0:
-            means[key] = round(1000 * (total - total0) / (count - count0), 2)
-    return means
 
 
 def _print(f: Figures) -> None:
@@ -573,7 +446,7 @@ def _print(f: Figures) -> None:
         f"  load       {f.webhooks} webhooks x {f.activities_per_webhook} activities at {f.rate:g}/s"
         f" for {f.duration:g} s; {f.users} users, {f.tabs} WebSocket tabs"
     )
-    statuses = " · ".join(f"{status} x{n}" for status, n in sorted(f.webhook_status.items()))
+    statuses = harness.joined(sorted(f.webhook_status.items()), "{} x{}")
     print(
         f"  webhooks   {statuses} · response p50 {f.webhook_response_p50_ms} ms · p99"
         f" {f.webhook_response_p99_ms} ms · sender late max {f.send_late_max_ms} ms"
@@ -591,13 +464,13 @@ def _print(f: Figures) -> None:
         f"             webhook response -> frame p50 {f.after_response_p50_ms} ms"
         f" · p99 {f.after_response_p99_ms} ms"
     )
-    cpu = " · ".join(f"{kind} {pct}%" for kind, pct in f.cpu_percent.items())
+    cpu = harness.joined(f.cpu_percent, "{} {}%")
     print(f"  CPU        {cpu} (100% = one core, over {f.window_seconds} s)")
-    per_activity = " · ".join(f"{kind} {ms}" for kind, ms in f.cpu_ms_per_activity.items())
+    per_activity = harness.joined(f.cpu_ms_per_activity)
     print(f"             CPU ms per activity: {per_activity}")
     print(f"  generator  {f.generator_share_percent}% of the machine's busy CPU (ws clients + sender)")
     print(f"  app RSS    max {f.app_rss_max_mib} MiB · end {f.app_rss_end_mib} MiB")
-    stages = " · ".join(f"{stage} {ms} ms" for stage, ms in sorted(f.stage_mean_ms.items()))
+    stages = harness.joined(sorted(f.stage_mean_ms.items()), "{} {} ms")
     print(f"  app stages {stages} (means during the run)")
 
 

@@ -30,24 +30,18 @@ import json
 import os
 import random
 import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 from redis.asyncio import Redis
 
-from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from chainfeed.devtools.simulate import ActivityFactory
-from chainfeed.domain.signature import sign
-from chainfeed.storage import migrate
+# isort: split
+import harness  # bench/harness.py: a sibling, on sys.path when a bench script runs
 
 SIGNING_KEY = "whsec_bench_" + secrets.token_hex(8)
 
@@ -93,54 +87,32 @@ def main() -> int:
     parser.add_argument(
         "--max-seconds", type=float, default=60.0, help="stop sending after this (default 60)"
     )
-    parser.add_argument("--database-url", default=None, help="PostgreSQL to use (default: embedded)")
-    parser.add_argument("--redis-url", default=None, help="Redis to use (default: embedded)")
+    harness.add_service_options(parser)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
         "--waits", action="store_true", help="also sample what PostgreSQL sessions wait on (diagnosis)"
     )
     args = parser.parse_args()
-    if bool(args.database_url) != bool(args.redis_url):
-        parser.error("give both --database-url and --redis-url, or neither")
-    with _services(args.database_url, args.redis_url) as (database_url, redis_url, stream):
-        figures = asyncio.run(_run(args, database_url, redis_url, stream))
-    if args.json:
-        print(json.dumps(asdict(figures), indent=2))
-    else:
-        _print(figures)
+    with _services(args.database_url, args.redis_url) as (services, stream):
+        figures = asyncio.run(_run(args, services, stream))
+    harness.report(figures, as_json=args.json, text=_print)
     return 0 if figures.failures == 0 else 1
 
 
 @contextlib.contextmanager
-def _services(database_url: str | None, redis_url: str | None) -> Iterator[tuple[str, str, str]]:
-    """(database URL, Redis URL, stream): embedded ones, or a scratch database and stream on given ones."""
-    if database_url and redis_url:
-        name = f"chainfeed_bench_{secrets.token_hex(4)}"
+def _services(database_url: str | None, redis_url: str | None) -> Iterator[tuple[harness.Services, str]]:
+    """The servers and the stream: ``feed:stream`` on embedded ones, else one of our own, removed after."""
+    with harness.services(
+        database_url=database_url, redis_url=redis_url, prefix="chainfeed_bench"
+    ) as services:
+        if not redis_url:
+            yield services, "feed:stream"
+            return
         stream = f"bench:feed:{secrets.token_hex(4)}"
-        asyncio.run(_sql(database_url, f'CREATE DATABASE "{name}"'))
         try:
-            yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}")), redis_url, stream
+            yield services, stream
         finally:
-            asyncio.run(_drop_stream(redis_url, stream))
-            asyncio.run(_sql(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        return
-    root = Path(tempfile.mkdtemp(prefix="chainfeed-bench-"))
-    root.chmod(0o755)  # the PostgreSQL service user must traverse it when we are root
-    postgres, redis = EmbeddedPostgres(root / "postgres"), EmbeddedRedis(root / "redis")
-    try:
-        yield postgres.start(), redis.start(), "feed:stream"
-    finally:
-        redis.stop()
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-async def _sql(url: str, statement: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
+            asyncio.run(_drop_stream(services.redis_url, stream))
 
 
 async def _drop_stream(url: str, stream: str) -> None:
@@ -153,62 +125,18 @@ async def _drop_stream(url: str, stream: str) -> None:
 
 async def _seed(database_url: str, addresses: int) -> list[str]:
     """One user per address; every tenth address has a second watcher."""
-    await migrate(database_url)
+    await harness.prepare(database_url)
     watched = [f"0x{random.randbytes(20).hex()}" for _ in range(addresses)]
-    conn = await asyncpg.connect(database_url)
-    try:
-        users = await conn.fetch(
-            "INSERT INTO users (username, password_hash)"
-            " SELECT 'bench' || n, 'x' FROM generate_series(1, $1) n RETURNING id",
-            addresses + addresses // 10,
-        )
-        pairs = [(users[i]["id"], a) for i, a in enumerate(watched)]
-        pairs += [(users[addresses + i]["id"], watched[i * 10]) for i in range(addresses // 10)]
-        await conn.copy_records_to_table("watched_addresses", records=pairs, columns=["user_id", "address"])
-    finally:
-        await conn.close()
+    users = await harness.insert_users(database_url, addresses + addresses // 10)
+    pairs = [(users[i], a) for i, a in enumerate(watched)]
+    pairs += [(users[addresses + i], watched[i * 10]) for i in range(addresses // 10)]
+    await harness.insert_watches(database_url, pairs)
     return watched
 
 
 def _bodies(watched: list[str], count: int, activities: int) -> list[tuple[bytes, str]]:
-    factory = ActivityFactory(random.Random(42))
-    bodies = []
-    for _ in range(count):
-        body = json.dumps(factory.webhook(watched, activities=activities), separators=(",", ":")).encode()
-        bodies.append((body, sign(body, SIGNING_KEY)))
-    return bodies
-
-
-def _app(
-    database_url: str, redis_url: str, stream: str, *, port: int, log: Path, workers: int
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "CHAINFEED_DATABASE_URL": database_url,
-        "CHAINFEED_REDIS_URL": redis_url,
-        "CHAINFEED_STREAM": stream,
-        "CHAINFEED_JWT_SECRET": secrets.token_urlsafe(48),
-        "CHAINFEED_ALCHEMY_SIGNING_KEYS": SIGNING_KEY,
-        "CHAINFEED_LOG_FORMAT": "json",
-    }
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chainfeed",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    webhooks = harness.signed_webhooks(watched, count, activities=activities, seed=42, key=SIGNING_KEY)
+    return [(body, signature) for _, body, signature in webhooks]
 
 
 async def _sample_waits(database_url: str) -> dict[str, float]:
@@ -241,32 +169,6 @@ async def _stop(sampler: asyncio.Task[dict[str, float]] | None) -> dict[str, flo
     return await sampler
 
 
-def _stage_means(metrics: str) -> dict[str, float]:
-    """Mean of ``chainfeed_stage_duration_seconds`` per stage, in ms (warm-up included)."""
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for line in metrics.splitlines():
-        if not line.startswith("chainfeed_stage_duration_seconds_"):
-            continue
-        name, value = line.rsplit(" ", 1)
-        stage = name.split('stage="', 1)[1].split('"', 1)[0]
-        if name.startswith("chainfeed_stage_duration_seconds_sum"):
-            sums[stage] = float(value)
-        elif name.startswith("chainfeed_stage_duration_seconds_count"):
-            counts[stage] = float(value)
-    return {stage: round(1000 * sums[stage] / n, 2) for stage, n in counts.items() if n and stage in sums}
-
-
-def _machine_busy_seconds() -> float:
-    """CPU time spent by every process on the machine so far (Linux /proc/stat), 0 elsewhere."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except OSError:
-        return 0.0
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu_by_kind(app_pid: int) -> dict[str, float]:
     """CPU seconds so far of every process, summed by kind (Linux /proc; empty elsewhere).
 
@@ -297,22 +199,25 @@ def _cpu_by_kind(app_pid: int) -> dict[str, float]:
     return kinds
 
 
-async def _run(args: argparse.Namespace, database_url: str, redis_url: str, stream: str) -> Figures:
+async def _run(args: argparse.Namespace, services: harness.Services, stream: str) -> Figures:
+    database_url = services.database_url
     watched = await _seed(database_url, args.addresses)
     warmup = _bodies(watched, 20, args.activities)
     bodies = _bodies(watched, args.webhooks, args.activities)
-    port = free_port()
-    log = Path(tempfile.gettempdir()) / f"chainfeed-bench-app-{port}.log"
-    app = _app(database_url, redis_url, stream, port=port, log=log, workers=args.workers)
+    app = harness.App(
+        services, jwt_secret=secrets.token_urlsafe(48), signing_key=SIGNING_KEY, name="bench-app",
+        env={"CHAINFEED_STREAM": stream}, workers=args.workers,
+    )  # fmt: skip
+    port = app.port
     db = await asyncpg.connect(database_url)
     try:
         async with httpx.AsyncClient(
             timeout=30, limits=httpx.Limits(max_connections=args.concurrency)
         ) as http:
-            await _ready(http, f"http://127.0.0.1:{port}/readyz", app, log)
+            await app.ready()
             await _send_all(port, warmup, args.concurrency, deadline=time.monotonic() + 30)
             await _all_published(db, deadline=time.monotonic() + 30)
-            machine_before = _machine_busy_seconds()
+            machine_before = harness.machine_busy_seconds()
             processes_before = _cpu_by_kind(app.pid)
             sampler = asyncio.create_task(_sample_waits(database_url)) if args.waits else None
             started = time.monotonic()
@@ -322,25 +227,22 @@ async def _run(args: argparse.Namespace, database_url: str, redis_url: str, stre
             created = sum(items for _, _, items in results)
             await _all_published(db, deadline=sent_at + 120)
             done_at = time.monotonic()
-            machine = _machine_busy_seconds() - machine_before
+            machine = harness.machine_busy_seconds() - machine_before
             processes_after = _cpu_by_kind(app.pid)
-            stages = _stage_means((await http.get(f"http://127.0.0.1:{port}/metrics")).text)
+            metrics = (await http.get(f"{app.base_url}/metrics")).text
+            stages = harness.means_ms(
+                harness.histograms(metrics, "chainfeed_stage_duration_seconds", by="stage")
+            )
     finally:
         await db.close()
-        app.terminate()
-        app.wait(15)
+        app.stop()
     latencies = sorted(latency for latency, status, _ in results if status == 200)
     failures = sum(1 for _, status, _ in results if status != 200)
     if failures:
-        print(f"{failures} webhook(s) failed; the app's log is {log}", file=sys.stderr)
+        print(f"{failures} webhook(s) failed; the app's log is {app.log}", file=sys.stderr)
     else:
-        log.unlink(missing_ok=True)
+        app.log.unlink(missing_ok=True)
     activities = args.activities * (len(results) - failures)
-
-    def pct(p: float) -> float:
-        return (
-            round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2) if latencies else 0.0
-        )
 
     return Figures(
         webhooks=len(results),
@@ -353,10 +255,10 @@ async def _run(args: argparse.Namespace, database_url: str, redis_url: str, stre
         ingest_activities_per_s=round(activities / (sent_at - started)),
         end_to_end_activities_per_s=round(activities / (done_at - started)),
         feed_items_per_s=round(created / (done_at - started)),
-        p50_ms=pct(0.50),
-        p90_ms=pct(0.90),
-        p99_ms=pct(0.99),
-        max_ms=round(latencies[-1] * 1000, 2) if latencies else 0.0,
+        p50_ms=harness.percentile_ms(latencies, 0.50, digits=2),
+        p90_ms=harness.percentile_ms(latencies, 0.90, digits=2),
+        p99_ms=harness.percentile_ms(latencies, 0.99, digits=2),
+        max_ms=harness.percentile_ms(latencies, 1.0, digits=2),
         failures=failures,
         workers=args.workers,
         machine_cpu_percent=round(100 * machine / (done_at - started)),
@@ -368,18 +270,6 @@ async def _run(args: argparse.Namespace, database_url: str, redis_url: str, stre
         stage_mean_ms=stages,
         postgres_waits=waits,
     )
-
-
-async def _ready(http: httpx.AsyncClient, url: str, app: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if app.poll() is not None:
-            raise SystemExit(f"the app exited during start-up; see {log}")
-        with contextlib.suppress(httpx.HTTPError):
-            if (await http.get(url)).status_code == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"the app did not become ready within 60 s; see {log}")
 
 
 async def _send_all(
@@ -425,11 +315,13 @@ async def _all_published(db: asyncpg.Connection, *, deadline: float) -> None:
 
     (XLEN cannot tell: the delivery side trims acknowledged entries as it goes.)
     """
-    while await db.fetchval("SELECT count(*) FROM feed_outbox"):
-        if time.monotonic() > deadline:
-            left = await db.fetchval("SELECT count(*) FROM feed_outbox")
-            raise SystemExit(f"{left} feed items still unpublished at the deadline")
-        await asyncio.sleep(0.01)
+
+    async def empty() -> bool:
+        return not await db.fetchval("SELECT count(*) FROM feed_outbox")
+
+    if not await harness.wait_for(empty, seconds=deadline - time.monotonic(), every=0.01):
+        left = await db.fetchval("SELECT count(*) FROM feed_outbox")
+        raise SystemExit(f"{left} feed items still unpublished at the deadline")
 
 
 def _print(f: Figures) -> None:
@@ -442,12 +334,12 @@ def _print(f: Figures) -> None:
         f" ({f.feed_items:,} feed items, {f.feed_items_per_s:,}/s, {f.end_to_end_seconds} s)"
     )
     print(f"  webhook     p50 {f.p50_ms} ms · p90 {f.p90_ms} ms · p99 {f.p99_ms} ms · max {f.max_ms} ms")
-    by_process = " · ".join(f"{kind} {pct}%" for kind, pct in f.cpu_percent_by_process.items())
+    by_process = harness.joined(f.cpu_percent_by_process, "{} {}%")
     print(f"  CPU         {f.machine_cpu_percent}% of {f.cores * 100}%: {by_process}   failures {f.failures}")
-    stages = " · ".join(f"{stage} {ms} ms" for stage, ms in sorted(f.stage_mean_ms.items()))
+    stages = harness.joined(sorted(f.stage_mean_ms.items()), "{} {} ms")
     print(f"  stage means {stages}")
     if f.postgres_waits:
-        waits = " · ".join(f"{what} {n}" for what, n in f.postgres_waits.items())
+        waits = harness.joined(f.postgres_waits)
         print(f"  PG sessions {waits}")
 
 

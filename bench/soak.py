@@ -16,27 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import os
 import random
-import resource
 import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import httpx
-import psutil
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from chainfeed.devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from chainfeed.storage import migrate
+# isort: split
+import harness  # bench/harness.py: a sibling, on sys.path when a bench script runs
 
 JWT_SECRET = "soak-" + secrets.token_hex(24)
 
@@ -70,14 +61,6 @@ class Figures:
     samples: list[Sample] = field(default_factory=list)
 
 
-def _metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 class Tab:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -96,38 +79,17 @@ class Tab:
                 await asyncio.sleep(1)
 
 
-async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
-    postgres, redis_server = EmbeddedPostgres(root / "postgres"), EmbeddedRedis(root / "redis")
-    database_url, redis_url = postgres.start(), redis_server.start()
-    await migrate(database_url)
-    port = free_port()
-    log_path = root / "app.log"
-    env = {
-        **os.environ,
-        "CHAINFEED_DATABASE_URL": database_url,
-        "CHAINFEED_REDIS_URL": redis_url,
-        "CHAINFEED_JWT_SECRET": JWT_SECRET,
-        "CHAINFEED_ALCHEMY_SIGNING_KEYS": "soak-key",
-        "CHAINFEED_LOG_FORMAT": "json",
-        "CHAINFEED_WS_MAX_TOTAL": str(args.connections + 100),
-    }
-    with log_path.open("wb") as out:
-        app = subprocess.Popen(  # noqa: ASYNC220 - returns at once; stopped in finally
-            [sys.executable, "-m", "chainfeed", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    redis = Redis.from_url(redis_url, decode_responses=True)
+async def _soak(args: argparse.Namespace, services: harness.Services) -> Figures:  # noqa: PLR0915 - one scenario, top to bottom
+    await harness.prepare(services.database_url)
+    app = harness.App(
+        services, jwt_secret=JWT_SECRET, signing_key="soak-key", name="soak",
+        env={"CHAINFEED_WS_MAX_TOTAL": str(args.connections + 100)},
+    )  # fmt: skip
+    redis = Redis.from_url(services.redis_url, decode_responses=True)
     tabs: list[Tab] = []
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            for _ in range(300):
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
+        await app.ready()
+        async with httpx.AsyncClient(base_url=app.base_url, timeout=30) as http:
             users = args.connections // 2
             tokens: list[tuple[int, str]] = []
             for start in range(0, users, 50):
@@ -144,14 +106,13 @@ async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR09
             print(f"{len(tokens)} users registered; opening {args.connections} connections", file=sys.stderr)
             for _user_id, token in tokens:
                 for _ in range(2):
-                    tab = Tab(f"ws://127.0.0.1:{port}/ws?token={token}")
+                    tab = Tab(f"{app.ws_url}?token={token}")
                     tab.task = asyncio.create_task(tab.run())
                     tabs.append(tab)
                     await asyncio.sleep(0.002)
-            while sum(t.connects > 0 for t in tabs) < len(tabs):  # noqa: ASYNC110 - polls counters
-                await asyncio.sleep(0.2)
+            if not await harness.wait_for(lambda: all(t.connects for t in tabs), seconds=300, every=0.2):
+                raise RuntimeError("not every connection opened within 300 s")
             print("all connected; streaming", file=sys.stderr)
-            process = psutil.Process(app.pid)
             samples: list[Sample] = []
             entries = 0
             started = time.monotonic()
@@ -159,30 +120,16 @@ async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR09
 
             async def produce() -> None:
                 nonlocal entries
-                tick = 0.05
-                per_tick = args.rate * tick
-                carry = 0.0
-                next_at = time.monotonic()
-                while True:
-                    carry += per_tick
-                    batch, carry = int(carry), carry - int(carry)
+                async for batch in harness.ticks(args.rate, 0.05):
                     pipe = redis.pipeline(transaction=False)
                     for _ in range(batch):
                         user_id, _ = random.choice(tokens)
-                        pipe.xadd(
-                            "feed:stream",
-                            {
-                                "user_id": str(user_id),
-                                "type": "new_transaction",
-                                "payload": '{"soak":true}',
-                                "feed_item_id": str(next(item_ids)),
-                                "created_at": "2026-01-01T00:00:00+00:00",
-                            },
+                        entry = harness.relay_entry(
+                            user_id, next(item_ids), '{"soak":true}', "2026-01-01T00:00:00+00:00"
                         )
+                        pipe.xadd("feed:stream", entry)  # type: ignore[arg-type]  # redis-py's dict type
                     await pipe.execute()
                     entries += batch
-                    next_at += tick
-                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
             producer = asyncio.create_task(produce())
             while (elapsed := time.monotonic() - started) < args.duration:
@@ -190,9 +137,9 @@ async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR09
                 metrics = (await http.get("/metrics")).text
                 sample = Sample(
                     at=round(time.monotonic() - started, 1),
-                    rss_mib=round(process.memory_info().rss / 2**20, 1),
-                    lag_seconds=_metric(metrics, "redis_stream_consumer_lag_seconds"),
-                    pending=_metric(metrics, "redis_stream_pending"),
+                    rss_mib=round(harness.rss_mib(app.pid), 1),
+                    lag_seconds=harness.metric(metrics, "redis_stream_consumer_lag_seconds"),
+                    pending=harness.metric(metrics, "redis_stream_pending"),
                     received=sum(t.received for t in tabs),
                 )
                 samples.append(sample)
@@ -205,9 +152,7 @@ async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR09
             producer.cancel()
             await asyncio.wait({producer}, timeout=5)  # bounded: the soak stops by itself
             expected = entries * 2
-            deadline = time.monotonic() + 30
-            while sum(t.received for t in tabs) < expected and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.5)
+            await harness.wait_for(lambda: sum(t.received for t in tabs) >= expected, seconds=30, every=0.5)
             metrics = (await http.get("/metrics")).text
     finally:
         for tab in tabs:
@@ -217,16 +162,11 @@ async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR09
         if pending:  # bounded: a close handshake that never ends must not hang the soak
             await asyncio.wait(pending, timeout=20)
         await redis.aclose()
-        app.terminate()
-        try:
-            app.wait(20)
-        except subprocess.TimeoutExpired:
-            app.kill()
-        redis_server.stop()
-        postgres.stop()
+        app.stop()
     warm = max(30.0, args.duration / 5)
     after_warmup = next((s for s in samples if s.at >= warm), samples[-1])
-    errors = sum('"level": "error"' in line for line in log_path.read_text(errors="replace").splitlines())
+    errors = sum('"level": "error"' in line for line in app.log.read_text(errors="replace").splitlines())
+    app.log.unlink(missing_ok=True)
     received = sum(t.received for t in tabs)
     return Figures(
         connections=len(tabs),
@@ -240,8 +180,8 @@ async def _soak(args: argparse.Namespace, root: Path) -> Figures:  # noqa: PLR09
         rss_end_mib=samples[-1].rss_mib,
         rss_growth_mib=round(samples[-1].rss_mib - after_warmup.rss_mib, 1),
         lag_max_seconds=max(s.lag_seconds for s in samples),
-        lag_end_seconds=_metric(metrics, "redis_stream_consumer_lag_seconds"),
-        pending_end=_metric(metrics, "redis_stream_pending"),
+        lag_end_seconds=harness.metric(metrics, "redis_stream_consumer_lag_seconds"),
+        pending_end=harness.metric(metrics, "redis_stream_pending"),
         error_log_lines=errors,
         reconnects=sum(max(0, t.connects - 1) for t in tabs),
         samples=samples,
@@ -255,20 +195,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of streaming")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.connections + 1024)), hard))
-    root = Path(tempfile.mkdtemp(prefix="chainfeed-soak-"))
-    root.chmod(0o755)
-    try:
-        figures = asyncio.run(_soak(args, root))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        print(json.dumps(asdict(figures), indent=2))
-        return
-    summary = {k: v for k, v in asdict(figures).items() if k != "samples"}
-    for key, value in summary.items():
-        print(f"{key:>22}: {value}")
+    harness.raise_nofile(4 * args.connections + 1024)
+    with harness.services(database_url=None, redis_url=None, prefix="chainfeed_soak") as services:
+        figures = asyncio.run(_soak(args, services))
+    harness.report(figures, as_json=args.json, text=_print)
+
+
+def _print(figures: Figures) -> None:
+    for key, value in asdict(figures).items():
+        if key != "samples":
+            print(f"{key:>22}: {value}")
 
 
 if __name__ == "__main__":
