@@ -28,7 +28,7 @@ from chainfeed.broker.client import Redis
 from chainfeed.broker.presence import Presence
 from chainfeed.broker.pubsub import Subscriber
 from chainfeed.delivery.leanqueue import LeanQueue
-from chainfeed.domain.frames import Evict, Push, text_frame, unpack
+from chainfeed.domain.frames import AppClose, Evict, Push, text_frame, unpack
 from chainfeed.names import HUB_CHANNEL, USER_CHANNEL_PREFIX, user_channel
 from chainfeed.observability.metrics import (
     DELIVERY_LATENCY,
@@ -114,7 +114,7 @@ class Connection:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             WEBSOCKET_ERRORS.labels("slow_consumer").inc()
-            self.request_close(4408, "slow consumer")
+            self.request_close(AppClose.SLOW_CONSUMER, "slow consumer")
             return
         if self.on_queued is not None:
             self.on_queued()
@@ -214,7 +214,7 @@ class Hub:
             raise
         loop = asyncio.get_running_loop()
         conn.expiry = loop.call_later(
-            max(0.0, expires_at - time.time()), conn.request_close, 4401, "token expired"
+            max(0.0, expires_at - time.time()), conn.request_close, AppClose.UNAUTHORIZED, "token expired"
         )
         WEBSOCKET_ACTIVE_CONNECTIONS.inc()
         return conn, count
@@ -280,4 +280,4 @@ class Hub:
             evicted = self._connections.get(decoded.connection_id)
             if evicted is not None:
                 WEBSOCKET_ERRORS.labels("limit").inc()
-                evicted.request_close(4429, "too many connections")
+                evicted.request_close(AppClose.TOO_MANY_CONNECTIONS, "too many connections")

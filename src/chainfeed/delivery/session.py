@@ -29,7 +29,14 @@ import structlog
 
 from chainfeed.delivery.hub import Connection, Outgoing, Resync
 from chainfeed.delivery.resume import Frame
-from chainfeed.domain.frames import PONG_FRAME, Ping, Resume, parse_client_message
+from chainfeed.domain.frames import (
+    PONG_FRAME,
+    PROTOCOL_CLOSE_CODES,
+    CloseCode,
+    Ping,
+    Resume,
+    parse_client_message,
+)
 from chainfeed.errors import ClientGone
 from chainfeed.observability.metrics import (
     DELIVERY_LATENCY,
@@ -40,7 +47,6 @@ from chainfeed.observability.metrics import (
 
 __all__ = [
     "INBOUND_FRAMES_PER_SECOND",
-    "PROTOCOL_CLOSE_CODES",
     "ReplaySource",
     "Session",
     "Socket",
@@ -48,8 +54,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-#: Close codes that mean the client broke the protocol (or stopped answering pings).
-PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009, 1011})
 #: Client frames allowed per second (any kind); more closes the connection with 1008.
 INBOUND_FRAMES_PER_SECOND = 50
 #: How long a server-side close may wait for the client to drain what is already buffered.
@@ -115,7 +119,7 @@ class Session:
                     await self._replay(since)
                 self._go_live()
                 await self._read_loop()
-            code = conn.close_request[0] if conn.close_request is not None else 1000
+            code = conn.close_request[0] if conn.close_request is not None else CloseCode.NORMAL_CLOSURE
         except ClientGone as gone:
             code = gone.code
         except asyncio.CancelledError:
@@ -125,8 +129,8 @@ class Session:
             code = conn.close_request[0]
         except Exception:
             log.exception("websocket session failed", user_id=conn.user_id)
-            conn.request_close(1011, "internal error")
-            code = 1011
+            conn.request_close(CloseCode.INTERNAL_ERROR, "internal error")
+            code = CloseCode.INTERNAL_ERROR
         finally:
             conn.on_close = conn.on_queued = None
             self._live = False
@@ -160,7 +164,7 @@ class Session:
             frames += 1
             if frames > INBOUND_FRAMES_PER_SECOND:
                 WEBSOCKET_ERRORS.labels("protocol").inc()
-                self.conn.request_close(1008, "too many messages")
+                self.conn.request_close(CloseCode.POLICY_VIOLATION, "too many messages")
                 return
             if text is None:
                 continue
@@ -260,7 +264,7 @@ class Session:
             return
         except Exception:
             log.exception("websocket writer failed", user_id=self.conn.user_id)
-            self.conn.request_close(1011, "internal error")
+            self.conn.request_close(CloseCode.INTERNAL_ERROR, "internal error")
             return
         finally:
             if self._writer is asyncio.current_task():

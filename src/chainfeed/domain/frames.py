@@ -10,16 +10,21 @@ without parsing the frame, or
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from websockets.frames import CloseCode, Frame, Opcode
 
 from chainfeed.domain.feed import feed_frame
 
 __all__ = [
     "EVICT_PREFIX",
     "PONG_FRAME",
+    "PROTOCOL_CLOSE_CODES",
+    "AppClose",
+    "CloseCode",
     "Evict",
     "Ping",
     "Push",
@@ -38,6 +43,28 @@ EVICT_PREFIX = "!evict "
 #: The answer to a client's ``{"type":"ping"}``.
 PONG_FRAME = '{"type":"pong"}'
 _MAX_SINCE = 2**63 - 1  # feed item ids are PostgreSQL bigints
+
+
+class AppClose(enum.IntEnum):
+    """The application's close codes (4000-4999), beside websockets' standard :class:`CloseCode`."""
+
+    INVALID_SINCE = 4400
+    UNAUTHORIZED = 4401  # missing, invalid or expired token
+    ORIGIN_NOT_ALLOWED = 4403
+    SLOW_CONSUMER = 4408
+    TOO_MANY_CONNECTIONS = 4429
+
+
+#: Close codes that mean the client broke the protocol (or stopped answering pings).
+PROTOCOL_CLOSE_CODES = frozenset(
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNSUPPORTED_DATA,
+        CloseCode.INVALID_DATA,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.INTERNAL_ERROR,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +118,10 @@ def text_frame(text: str) -> bytes:
     """``text`` as one complete, unmasked, uncompressed WebSocket text frame (RFC 6455, 5.2).
 
     Server frames are never masked, so the same bytes serve every connection: the hub builds
-    them once per push and writes them to each tab.
+    them once per push and writes them to each tab. websockets' own serializer: 1.2 us a frame
+    against 0.5 us for the hand-written one it replaced, once per push (not per tab).
     """
-    payload = text.encode()
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 1 << 16:
-        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-    return header + payload
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
 
 
 def pack_push(item_id: int, entry_ms: int, frame: str, traceparent: str | None = None) -> str:

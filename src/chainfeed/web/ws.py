@@ -22,7 +22,7 @@ from litestar.types import ControllerRouterHandler
 from chainfeed.delivery.hub import Hub
 from chainfeed.delivery.resume import Replay
 from chainfeed.delivery.session import Session
-from chainfeed.domain.frames import parse_since
+from chainfeed.domain.frames import AppClose, CloseCode, parse_since
 from chainfeed.domain.tokens import Claims, decode_token
 from chainfeed.errors import AuthError, ClientGone
 from chainfeed.observability.metrics import WEBSOCKET_ERRORS
@@ -59,7 +59,7 @@ class _Socket:
             raise ClientGone(exc.code) from None
         except (OSError, RuntimeError):
             # uvicorn: the transport is gone (ClientDisconnected), or its close is already sent.
-            raise ClientGone(1006) from None
+            raise ClientGone(CloseCode.ABNORMAL_CLOSURE) from None
 
     async def receive_text(self) -> str | None:
         try:
@@ -67,7 +67,7 @@ class _Socket:
         except WebSocketDisconnect as exc:
             raise ClientGone(exc.code) from None
         if event["type"] == "websocket.disconnect":
-            raise ClientGone(int(event.get("code", 1005)))
+            raise ClientGone(int(event.get("code", CloseCode.NO_STATUS_RCVD)))
         text = event.get("text")
         return text if isinstance(text, str) else None
 
@@ -77,7 +77,7 @@ class _Socket:
         except WebSocketDisconnect as exc:
             raise ClientGone(exc.code) from None
         except (OSError, RuntimeError):
-            raise ClientGone(1006) from None
+            raise ClientGone(CloseCode.ABNORMAL_CLOSURE) from None
 
 
 async def _refuse(socket: WebSocket[Any, Any, Any], code: int, reason: str, *, error: str | None) -> None:
@@ -114,25 +114,25 @@ async def feed_socket(socket: WebSocket[Any, Any, Any], runtime: RuntimeDep) -> 
     allowed, origin = settings.ws_allowed_origins, socket.headers.get("origin")
     # Browsers always send Origin; a client without one is not a browser page and could claim any.
     if allowed is not None and origin is not None and origin not in allowed:
-        await _refuse(socket, 4403, "origin not allowed", error="origin")
+        await _refuse(socket, AppClose.ORIGIN_NOT_ALLOWED, "origin not allowed", error="origin")
         return
     query = socket.query_params
     try:
         user_id, expires_at = await _authenticate(runtime, query.get("token"))
     except AuthError as exc:
-        await _refuse(socket, 4401, exc.reason, error="auth")
+        await _refuse(socket, AppClose.UNAUTHORIZED, exc.reason, error="auth")
         return
     except Exception as exc:  # PostgreSQL is down: the client should come back later
         log.warning("websocket authentication unavailable", error=type(exc).__name__)
-        await _refuse(socket, 1013, "try again later", error=None)
+        await _refuse(socket, CloseCode.TRY_AGAIN_LATER, "try again later", error=None)
         return
     raw_since = query.get("since")
     since = None if raw_since is None else parse_since(raw_since)
     if raw_since is not None and since is None:
-        await _refuse(socket, 4400, "invalid since", error="protocol")
+        await _refuse(socket, AppClose.INVALID_SINCE, "invalid since", error="protocol")
         return
     if not hub.reserve():
-        await _refuse(socket, 1013, "server at capacity", error="limit")
+        await _refuse(socket, CloseCode.TRY_AGAIN_LATER, "server at capacity", error="limit")
         return
     await _serve(socket, runtime, hub, user_id=user_id, expires_at=expires_at, since=since)
 
@@ -156,7 +156,7 @@ async def _serve(
         conn, user_connections = await hub.open(user_id, expires_at=expires_at)
     except Exception as exc:  # Redis is down: the client should come back later
         log.warning("websocket registration failed", user_id=user_id, error=type(exc).__name__)
-        await _refuse(socket, 1013, "try again later", error=None)
+        await _refuse(socket, CloseCode.TRY_AGAIN_LATER, "try again later", error=None)
         return
     log.debug(  # the summary at INFO is the "disconnected" line
         "websocket client connected",
@@ -166,7 +166,7 @@ async def _serve(
         resume=since is not None,
     )
     started = time.monotonic()
-    code = 1006
+    code: int = CloseCode.ABNORMAL_CLOSURE
     try:
         code = await Session(conn, _Socket(socket), Replay(runtime.pool, user_id)).run(since)
     finally:

@@ -31,7 +31,7 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.base import Extension
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter
@@ -166,9 +166,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self.stop_keepalive()
         self.queue.put_nowait(
-            {"type": "websocket.disconnect", "code": 1001, "reason": "server shutting down"}
+            {"type": "websocket.disconnect", "code": CloseCode.GOING_AWAY, "reason": "server shutting down"}
         )
-        self.conn.send_close(1001, "server shutting down")
+        self.conn.send_close(CloseCode.GOING_AWAY, "server shutting down")
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         # The client's close frame ends it (handle_close); a silent client is cut off after the timeout.
@@ -178,7 +178,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         """No pong in time: tell the app (1011) before uvicorn fails the connection."""
         if not self.close_sent and not self.transport.is_closing():
             self.queue.put_nowait(
-                {"type": "websocket.disconnect", "code": 1011, "reason": "keepalive ping timeout"}
+                {
+                    "type": "websocket.disconnect",
+                    "code": CloseCode.INTERNAL_ERROR,
+                    "reason": "keepalive ping timeout",
+                }
             )
         super().keepalive_timeout()
 
