@@ -256,7 +256,7 @@ class Hub:
             if user is None:
                 return
             arrived = time.monotonic()
-            item = Outgoing(decoded.item_id, decoded.entry_ms, arrived, decoded.frame)
+            item: Outgoing | None = None  # made only for a tab that must queue it
             connections = user.connections
             with push_span(decoded.traceparent, item_id=decoded.item_id, connections=len(connections)):
                 wire: bytes | None = None
@@ -270,6 +270,8 @@ class Hub:
                             conn.note_sent(decoded.item_id)
                             written += 1
                             continue
+                    if item is None:
+                        item = Outgoing(decoded.item_id, decoded.entry_ms, arrived, decoded.frame)
                     conn.offer(item)
                 if written:  # counted once per push, not per tab (the hot path)
                     WEBSOCKET_MESSAGES_SENT.inc(written)
