@@ -45,6 +45,8 @@ async def ready(ws: ClientConnection) -> None:
     """Wait until the server serves this connection live (its pong comes after registration)."""
     await ws.send(json.dumps({"type": "ping"}))
     frame = await recv_json(ws)
+    while frame.get("type") == "resumed":  # a resume's end comes first when there was one
+        frame = await recv_json(ws)
     assert frame == {"type": "pong"}, frame
 
 
@@ -59,12 +61,12 @@ async def recv_json(ws: ClientConnection, within: float = DEFAULT_TIMEOUT) -> di
 async def recv_frames(
     ws: ClientConnection, count: int, within: float = DEFAULT_TIMEOUT
 ) -> list[dict[str, Any]]:
-    """The next ``count`` push frames (pongs skipped)."""
+    """The next ``count`` push frames (pongs and ``resumed`` skipped)."""
     frames: list[dict[str, Any]] = []
     async with asyncio.timeout(within):
         while len(frames) < count:
             frame = json.loads(await ws.recv())
-            if frame.get("type") != "pong":
+            if frame.get("type") not in ("pong", "resumed"):
                 frames.append(frame)
     return frames
 
@@ -103,14 +105,17 @@ async def xadd_hand(
     return str(entry_id)
 
 
-async def xadd_item(redis: Redis, user_id: int, item_id: int, payload: dict[str, Any] | str) -> str:
-    """An entry as the outbox relay writes it (a committed feed item)."""
+async def xadd_item(
+    redis: Redis, user_id: int, item_id: int, payload: dict[str, Any] | str, *, seq: int | None = None
+) -> str:
+    """An entry as the outbox relay writes it (a committed feed item; ``seq`` defaults to its id)."""
     text = payload if isinstance(payload, str) else json.dumps(payload)
     fields = {
         "user_id": str(user_id),
         "type": "new_transaction",
         "payload": text,
         "feed_item_id": str(item_id),
+        "seq": str(item_id if seq is None else seq),
         "created_at": "2024-05-01T12:00:00+00:00",
     }
     entry_id = await redis.xadd("feed:stream", fields)  # type: ignore[arg-type]  # dict[str, str] is a FieldT mapping

@@ -79,6 +79,7 @@ def test_entry_time_comes_from_its_id() -> None:
 def test_frame_has_the_spec_shape_and_embeds_the_payload_as_written() -> None:
     text = encode_frame(
         item_id=5,
+        seq=2,
         user_id=1,
         created_at="2024-05-01T12:00:00+00:00",
         type_="new_transaction",
@@ -87,6 +88,7 @@ def test_frame_has_the_spec_shape_and_embeds_the_payload_as_written() -> None:
     assert json.loads(text) == {
         "type": "new_transaction",
         "id": 5,
+        "seq": 2,
         "user_id": 1,
         "created_at": "2024-05-01T12:00:00+00:00",
         "payload": {"v": 1.5},
@@ -96,7 +98,9 @@ def test_frame_has_the_spec_shape_and_embeds_the_payload_as_written() -> None:
 
 def test_envelopes_round_trip() -> None:
     frame = '{"type":"test","id":3}'
-    assert unpack(pack_push(3, 1714564800000, frame)) == Push(3, 1714564800000, frame)
+    assert unpack(pack_push(3, 2, 1714564800000, frame)) == Push(3, 2, 1714564800000, frame)
+    traced = pack_push(3, 2, 1714564800000, frame, "00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+    assert unpack(traced) == Push(3, 2, 1714564800000, frame, "00-" + "1" * 32 + "-" + "2" * 16 + "-01")
     assert unpack(EVICT_PREFIX + "host-1-ab|7") == Evict("host-1-ab|7")
     assert unpack("!future-control x") is None
     assert unpack("garbage") is None

@@ -57,6 +57,7 @@ async def test_a_user_on_instance_b_gets_every_push_consumed_by_instance_a(
     assert frames[0] == {
         "type": "new_transaction",
         "id": 1,
+        "seq": 1,
         "user_id": user_id,
         "created_at": "2024-05-01T12:00:00+00:00",
         "payload": {"n": 1},
@@ -151,6 +152,7 @@ async def test_slow_consumer_is_closed_with_4408_and_others_are_not_slowed(
                             "user_id": str(slow_user["user"]["id"]),
                             "payload": f'{{"b":"{blob}"}}',
                             "feed_item_id": str(item_id),
+                            "seq": str(item_id),
                         },
                     )
                 await pipe.execute()

@@ -153,14 +153,14 @@ async def test_webhook_trace_reaches_the_push_and_carries_no_secret(
 
 
 def test_push_envelope_carries_the_traceparent() -> None:
-    """The PUB/SUB envelope keeps the trace context beside the frame, and old envelopes still parse."""
+    """The PUB/SUB envelope keeps the trace context beside the frame, and envelopes without one parse."""
     with tracer.start_as_current_span("parent") as span:
         traceparent = format_traceparent(span.get_span_context())
     frame = '{"type":"new_transaction","id":3}'
-    assert unpack(pack_push(3, 1714564800000, frame, traceparent)) == Push(
-        3, 1714564800000, frame, traceparent
+    assert unpack(pack_push(3, 2, 1714564800000, frame, traceparent)) == Push(
+        3, 2, 1714564800000, frame, traceparent
     )
-    assert unpack(pack_push(3, 1714564800000, frame)) == Push(3, 1714564800000, frame)
+    assert unpack(pack_push(3, 2, 1714564800000, frame)) == Push(3, 2, 1714564800000, frame)
     context = context_from_traceparent(traceparent)
     assert context is not None
     with tracer.start_as_current_span("child", context=context) as child:

@@ -51,6 +51,7 @@ async def test_manual_xadd_reaches_user_1(app: RunningApp, redis: Redis, db: asy
     assert frame == {
         "type": "test",
         "id": item_id,
+        "seq": 1,
         "user_id": 1,
         "created_at": frame["created_at"],
         "payload": {"test": "data"},
@@ -141,7 +142,7 @@ async def test_resume_by_frame_replays_then_continues_live(
 async def test_resume_while_pushes_keep_coming_leaves_no_gap(
     app: RunningApp, redis: Redis, db: asyncpg.Connection
 ) -> None:
-    """Items committed before, during and after the replay all arrive (repeats are allowed)."""
+    """Items committed before, during and after the replay all arrive, in seq order, each once."""
     body = await app.register()
     total = 40
 
@@ -153,12 +154,10 @@ async def test_resume_while_pushes_keep_coming_leaves_no_gap(
     producer = asyncio.create_task(produce())
     await eventually(lambda: _count(db, 10))
     async with client(app, body["access_token"], since=0) as ws:
-        seen: list[int] = []
-        async with asyncio.timeout(10):
-            while len(set(seen)) < total:
-                seen.append((await recv_json(ws))["id"])
+        frames = await recv_frames(ws, total, within=10)
     await producer
-    assert set(seen) == set(await stored_items(db, 1))
+    assert [frame["seq"] for frame in frames] == list(range(1, total + 1))
+    assert [frame["id"] for frame in frames] == await stored_items(db, 1)
 
 
 async def test_invalid_since_is_refused(app: RunningApp) -> None:
@@ -293,47 +292,52 @@ def _hub(app: RunningApp) -> Hub:
 async def test_resume_includes_a_lower_id_committed_after_the_clients_last_item(
     app: RunningApp, db: asyncpg.Connection
 ) -> None:
-    """Ids are taken at insert but commits land in any order: item 1 committed (and published)
-    after the client saw item 2 must still reach it on resume, with nothing else repeated."""
+    """Ids are taken at insert but commits land in any order: item 1 numbered (published) after
+    the client saw item 2 comes after it in the feed and must reach it on resume, once."""
     body = await app.register()
     user_id = body["user"]["id"]
     ids = []
-    for n, published_ms_later in ((0, 500), (1, 0), (2, 600)):
+    for n, seq in ((0, 2), (1, 1), (2, 3)):
         ids.append(
             await db.fetchval(
-                "INSERT INTO feed_items (user_id, payload, published_at)"
-                " VALUES ($1, $2, now() + $3 * interval '1 ms') RETURNING id",
+                "INSERT INTO feed_items (user_id, payload, published_at, seq) VALUES ($1, $2, now(), $3)"
+                " RETURNING id",
                 user_id,
                 json.dumps({"n": n}),
-                published_ms_later,
+                seq,
             )
         )
+    await db.execute("UPDATE users SET feed_seq = 3 WHERE id = $1", user_id)
     early, seen, later = ids
     assert early < seen < later
     async with client(app, body["access_token"], since=seen) as ws:
         frames = await recv_frames(ws, 2)
-    assert [f["id"] for f in frames] == [early, later]
+    assert [(f["id"], f["seq"]) for f in frames] == [(early, 2), (later, 3)]
 
 
 async def test_resume_over_several_pages_replays_each_item_once_in_order(
     app: RunningApp, db: asyncpg.Connection
 ) -> None:
-    """The first page comes with the late-items query; the pages after it are asked for as before,
-    and a short page ends the replay: 1,203 items after ``since``, no more, no fewer, no repeats."""
+    """Replayed a page at a time: 1,203 items after ``since``, no more, no fewer, no repeats, and
+    then ``resumed`` with the count and the last number."""
     body = await app.register()
     user_id = body["user"]["id"]
     ids = [
         row["id"]
         for row in await db.fetch(
-            "INSERT INTO feed_items (user_id, payload, published_at)"
-            " SELECT $1, jsonb_build_object('n', g), now() FROM generate_series(1, 1210) AS g RETURNING id",
+            "INSERT INTO feed_items (user_id, payload, published_at, seq)"
+            " SELECT $1, jsonb_build_object('n', g), now(), g FROM generate_series(1, 1210) AS g"
+            " RETURNING id",
             user_id,
         )
     ]
+    await db.execute("UPDATE users SET feed_seq = 1210 WHERE id = $1", user_id)
     async with client(app, body["access_token"], since=ids[6]) as ws:
         frames = await recv_frames(ws, 1203)
+        assert await recv_json(ws) == {"type": "resumed", "since": ids[6], "replayed": 1203, "seq": 1210}
         await ready(ws)  # the pong comes next: nothing more was replayed
     assert [f["id"] for f in frames] == sorted(ids)[7:]
+    assert [f["seq"] for f in frames] == list(range(8, 1211))
 
 
 async def test_a_deleted_user_is_refused_with_4401_on_the_next_connect(

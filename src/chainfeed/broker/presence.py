@@ -121,6 +121,29 @@ class Presence:
         """Queue the removal of a closed connection; returns at once, never fails (see the class)."""
         self._enqueue(("ZREM", user_connections_key(user_id), connection_id), None)
 
+    async def check(self, connections: list[tuple[int, str]]) -> tuple[set[str], set[str]]:
+        """Of ``(user id, connection id)``: the ids evicted, and the ids the registry lost.
+
+        Missing from a user's set that still holds others: evicted (an eviction only happens
+        when a newer connection joined). Missing with the whole set gone: Redis lost its data (a
+        restart without persistence) or the set expired; the caller registers those again.
+        """
+        if not connections:
+            return set(), set()
+        await self.flush()  # registrations queued before this question are answered first
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id, connection_id in connections:
+            pipe.zscore(user_connections_key(user_id), connection_id)
+            pipe.exists(user_connections_key(user_id))
+        replies = await pipe.execute()
+        evicted: set[str] = set()
+        lost: set[str] = set()
+        for n, (_, connection_id) in enumerate(connections):
+            score, exists = replies[2 * n], replies[2 * n + 1]
+            if score is None:
+                (evicted if exists else lost).add(connection_id)
+        return evicted, lost
+
     async def flush(self) -> None:
         """Wait until everything queued so far has been sent (or its batch failed)."""
         while self._flusher is not None and not self._flusher.done():

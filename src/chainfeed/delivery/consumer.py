@@ -31,7 +31,7 @@ from chainfeed.errors import PoisonEntry, UnavailableError
 from chainfeed.names import user_channel
 from chainfeed.observability.metrics import DEAD_LETTERS, REDIS_STREAM_RETRIES, STAGE_DURATION
 from chainfeed.observability.tracing import extract_context, recording, tracer
-from chainfeed.storage.entries import persist_entry
+from chainfeed.storage.entries import item_seq, persist_entry
 from chainfeed.storage.pool import Pool
 from chainfeed.workers import supervise
 
@@ -194,18 +194,24 @@ class Consumer:
     async def _build(self, entry_id: str, fields: dict[str, str], context: SpanContext) -> Prepared:
         item = parse_entry(entry_id, fields)
         entry_ms = entry_millis(entry_id)
-        if item.feed_item_id is not None:
-            item_id = item.feed_item_id
+        if item.feed_item_id is not None and item.seq is not None:
+            item_id, seq = item.feed_item_id, item.seq
+            created_at = item.created_at or datetime.fromtimestamp(entry_ms / 1000, UTC).isoformat()
+        elif item.feed_item_id is not None:  # written by a relay of a version before seq
+            numbered = await item_seq(self._pool, item.feed_item_id)
+            if numbered is None:
+                raise PoisonEntry(f"feed item {item.feed_item_id} is not numbered")
+            item_id, seq = item.feed_item_id, numbered
             created_at = item.created_at or datetime.fromtimestamp(entry_ms / 1000, UTC).isoformat()
         else:
             stored = await persist_entry(self._pool, entry_id=entry_id, user_id=item.user_id, type_=item.type,
                                          payload_json=item.payload_json)  # fmt: skip
             if stored is None:
                 raise PoisonEntry(f"user {item.user_id} does not exist")
-            item_id, created_at = stored.item_id, stored.created_at.isoformat()
-        frame = encode_frame(item_id=item_id, user_id=item.user_id, created_at=created_at, type_=item.type,
-                             payload_json=item.payload_json)  # fmt: skip
-        return Prepared(user_channel(item.user_id), item_id, entry_ms, frame, context)
+            item_id, seq, created_at = stored.item_id, stored.seq, stored.created_at.isoformat()
+        frame = encode_frame(item_id=item_id, seq=seq, user_id=item.user_id, created_at=created_at,
+                             type_=item.type, payload_json=item.payload_json)  # fmt: skip
+        return Prepared(user_channel(item.user_id), item_id, seq, entry_ms, frame, context)
 
     def _remember(self, entry_id: str, error: str) -> None:
         self._errors[entry_id] = error

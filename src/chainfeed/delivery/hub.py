@@ -59,6 +59,8 @@ class Outgoing(NamedTuple):
 
     #: The feed item it carries (None: a control frame such as a pong).
     item_id: int | None
+    #: Its position in the user's feed (None: a control frame, sent as it comes).
+    seq: int | None
     #: When its stream entry was appended (unix ms; 0: not a push), for the latency histogram.
     entry_ms: int
     #: When the push reached this instance (monotonic; 0.0: not a push).
@@ -95,16 +97,12 @@ class Connection:
     #: Writes a serialized frame to the socket now (False: it cannot, queue it). Set by the
     #: session only while its writer is idle and live, so a direct write never overtakes a frame.
     direct: Callable[[bytes], bool] | None = None
-    #: The highest feed item id sent on this connection (None: none yet), for re-syncs.
-    last_sent: int | None = None
+    #: The connection's place in its user's feed: the last ``seq`` it sent, or the one it
+    #: started after. It sends ``position + 1`` next; a later one only after filling the gap.
+    position: int = 0
     #: The session's hooks: a frame was queued (start a writer); a close was requested.
     on_queued: Callable[[], None] | None = None
     on_close: Callable[[], None] | None = None
-
-    def note_sent(self, item_id: int) -> None:
-        """Remember ``item_id`` went out (a re-sync starts after the highest)."""
-        if self.last_sent is None or item_id > self.last_sent:
-            self.last_sent = item_id
 
     def offer(self, item: Outgoing | Resync) -> None:
         """Queue a frame without waiting; a full queue closes the connection as a slow consumer."""
@@ -149,6 +147,7 @@ class Hub:
         self._connections: dict[str, Connection] = {}
         self._reserved = 0
         self._ids = itertools.count(1)
+        self._recheck: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Worker: the PUB/SUB connection, reconnected after a loss; on shutdown, leave the registry."""
@@ -240,46 +239,86 @@ class Hub:
             log.warning("connection registry update failed", error=str(exc))
 
     def resync(self) -> None:
-        """The PUB/SUB connection came back: every open tab catches up from PostgreSQL."""
+        """The PUB/SUB connection came back: every open tab catches up from its own position.
+
+        An eviction announced while the connection was down was lost with it, so the registry is
+        asked which of this instance's connections it still holds; the others were evicted.
+        """
         log.info("pubsub resubscribed; re-syncing local connections", connections=len(self._connections))
         for conn in self._connections.values():
             conn.offer(RESYNC)
+        if self._connections and (self._recheck is None or self._recheck.done()):
+            self._recheck = asyncio.create_task(self._evict_unregistered(), name="hub-registry-recheck")
+
+    async def _evict_unregistered(self) -> None:
+        connections = [conn for conn in self._connections.values() if conn.expiry is not None]
+        try:
+            evicted, lost = await self.presence.check([(conn.user_id, conn.id) for conn in connections])
+            if lost:
+                log.warning("connection registry lost entries; registering them again", connections=len(lost))
+                await asyncio.gather(
+                    *(
+                        self.presence.register(c.user_id, c.id, user_channel(c.user_id))
+                        for c in connections
+                        if c.id in lost
+                    )
+                )
+        except Exception as exc:  # Redis went again: the next resubscription asks again
+            log.warning("connection registry re-check failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        for conn in connections:
+            if conn.id in evicted:
+                WEBSOCKET_ERRORS.labels("limit").inc()
+                conn.request_close(AppClose.TOO_MANY_CONNECTIONS, "too many connections")
 
     def dispatch(self, channel: str, message: str) -> None:
-        """A user-channel message: queue a push on every local tab, or apply a control message."""
+        """A user-channel message: hand a push to every local tab, or apply a control message."""
         if not channel.startswith(USER_CHANNEL_PREFIX):
             return
         decoded = unpack(message)
         if isinstance(decoded, Push):
             user_id = channel[len(USER_CHANNEL_PREFIX) :]
             user = self._users.get(int(user_id)) if user_id.isdigit() else None
-            if user is None:
-                return
-            arrived = time.monotonic()
-            item: Outgoing | None = None  # made only for a tab that must queue it
-            connections = user.connections
-            with push_span(decoded.traceparent, item_id=decoded.item_id, connections=len(connections)):
-                wire: bytes | None = None
-                written = 0
-                for conn in connections.values():
-                    direct = conn.direct
-                    if direct is not None and conn.close_request is None and conn.queue.empty():
-                        if wire is None:
-                            wire = text_frame(decoded.frame)
-                        if direct(wire):
-                            conn.note_sent(decoded.item_id)
-                            written += 1
-                            continue
-                    if item is None:
-                        item = Outgoing(decoded.item_id, decoded.entry_ms, arrived, decoded.frame)
-                    conn.offer(item)
-                if written:  # counted once per push, not per tab (the hot path)
-                    WEBSOCKET_MESSAGES_SENT.inc(written)
-                    if decoded.entry_ms:
-                        DELIVERY_LATENCY.observe(max(0.0, time.time() - decoded.entry_ms / 1000))
-                    _PUSH_STAGE.observe(time.monotonic() - arrived)
+            if user is not None:
+                self._push(user.connections, decoded)
         elif isinstance(decoded, Evict):
             evicted = self._connections.get(decoded.connection_id)
             if evicted is not None:
                 WEBSOCKET_ERRORS.labels("limit").inc()
                 evicted.request_close(AppClose.TOO_MANY_CONNECTIONS, "too many connections")
+
+    def _push(self, connections: dict[str, Connection], decoded: Push) -> None:
+        """Write the push to every tab whose next number it is; queue it for the others.
+
+        The frame is serialized once for all tabs; a tab that has already passed it drops it.
+        """
+        arrived = time.monotonic()
+        item: Outgoing | None = None  # made only for a tab that must queue it
+        with push_span(decoded.traceparent, item_id=decoded.item_id, connections=len(connections)):
+            wire: bytes | None = None
+            written = 0
+            seq = decoded.seq
+            for conn in connections.values():
+                if seq <= conn.position:
+                    continue  # sent already (a replay, a gap fill, or a repeat)
+                direct = conn.direct
+                if (
+                    seq == conn.position + 1
+                    and direct is not None
+                    and conn.close_request is None
+                    and conn.queue.empty()
+                ):
+                    if wire is None:
+                        wire = text_frame(decoded.frame)
+                    if direct(wire):
+                        conn.position = seq
+                        written += 1
+                        continue
+                if item is None:  # its session sends it in order, filling a gap first
+                    item = Outgoing(decoded.item_id, seq, decoded.entry_ms, arrived, decoded.frame)
+                conn.offer(item)
+            if written:  # counted once per push, not per tab (the hot path)
+                WEBSOCKET_MESSAGES_SENT.inc(written)
+                if decoded.entry_ms:
+                    DELIVERY_LATENCY.observe(max(0.0, time.time() - decoded.entry_ms / 1000))
+                _PUSH_STAGE.observe(time.monotonic() - arrived)

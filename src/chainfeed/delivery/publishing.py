@@ -27,6 +27,7 @@ class Prepared(NamedTuple):
 
     channel: str
     item_id: int
+    seq: int
     entry_ms: int
     frame: str
     #: The entry's CONSUMER span (invalid when spans are not recorded).
@@ -35,7 +36,7 @@ class Prepared(NamedTuple):
 
 def untraced(messages: Sequence[Prepared]) -> list[tuple[str, str]]:
     """``(channel, push)`` pairs carrying no trace context (spans go nowhere)."""
-    return [(m.channel, pack_push(m.item_id, m.entry_ms, m.frame)) for m in messages]
+    return [(m.channel, pack_push(m.item_id, m.seq, m.entry_ms, m.frame)) for m in messages]
 
 
 async def publish_and_ack(group: ConsumerGroup, messages: Sequence[Prepared], acks: Sequence[str]) -> None:
@@ -63,6 +64,7 @@ async def publish_and_ack(group: ConsumerGroup, messages: Sequence[Prepared], ac
                 m.channel,
                 pack_push(
                     m.item_id,
+                    m.seq,
                     m.entry_ms,
                     m.frame,
                     own_parent if m.context.trace_id == own.trace_id else format_traceparent(m.context),

@@ -1,67 +1,50 @@
-"""What a connection that comes back is sent from PostgreSQL: its user's items after its cursor.
+"""What a connection reads from PostgreSQL: where it starts in its user's feed, and what it missed.
 
-A resume (``since`` on connect, or a ``{"type":"resume"}`` frame) sends the late items first
-(ids below the cursor that reached the stream after it, see :func:`chainfeed.storage.feed.feed_resume`),
-then pages of items after the cursor until one is empty. :class:`Replay` does that in as few
-queries as it can: the first query fetches the late items and the first page together; when that
-page was short the next page request is answered with nothing, without a query (what is committed
-later was published after the user's channel was subscribed, and reaches the connection live).
-A connection whose PUB/SUB pushes may have been missed before it sent anything asks for what was
-published since it opened (:meth:`Replay.recent`).
+Every read is a range on ``feed_items (user_id, seq)``: the items after a position, oldest first,
+a page at a time. A connection reads them when it resumes (``since``), when a push arrives
+ahead of its position (a gap: something it should have had first was lost or is late), and when
+its instance's PUB/SUB connection came back (whatever it missed meanwhile). See
+docs/design/delivery.md for why that is every way an item can go missing.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from chainfeed.domain.frames import encode_item
-from chainfeed.storage.feed import feed_published_since, feed_resume, feed_since
+from chainfeed.storage.feed import feed_after, start_position
 from chainfeed.storage.pool import Pool
 
 __all__ = ["REPLAY_PAGE", "Frame", "Replay"]
 
-#: Feed items per replay query.
+#: Feed items per replay query (a connection never loads a backlog whole).
 REPLAY_PAGE = 500
 
 
 class Frame(NamedTuple):
-    """A replayed feed item: its id (to skip its live copy) and its frame text."""
+    """A replayed feed item: its id, its place in the feed and its frame text."""
 
     item_id: int
+    seq: int
     text: str
 
 
 class Replay:
-    """One connection's resume queries (one object per connection: it remembers a fetched page)."""
+    """One user's feed in PostgreSQL, as a connection reads it."""
 
     def __init__(self, pool: Pool, user_id: int) -> None:
         self._pool = pool
         self._user_id = user_id
-        #: Pages already fetched, by the id they follow.
-        self._ahead: dict[int, list[Frame]] = {}
 
-    async def late(self, since: int) -> list[Frame]:
-        """Items below ``since`` published after it; fetches the first page after ``since`` along."""
-        late, page = await feed_resume(self._pool, self._user_id, since, limit=REPLAY_PAGE)
-        first = _frames(page)
-        self._ahead = {since: first}
-        if first and len(page) < REPLAY_PAGE:
-            self._ahead[first[-1].item_id] = []
-        return _frames(late)
+    async def start(self, since: int | None) -> int | None:
+        """The position a connection starts at (see :func:`chainfeed.storage.feed.start_position`)."""
+        return await start_position(self._pool, self._user_id, since)
 
-    async def page(self, after: int) -> list[Frame]:
-        """The next items after ``after``, oldest first; empty at the end."""
-        fetched = self._ahead.pop(after, None)
-        if fetched is not None:
-            return fetched
-        return _frames(await feed_since(self._pool, self._user_id, after, limit=REPLAY_PAGE))
-
-    async def recent(self, opened_at: float) -> list[Frame]:
-        """Items published since ``opened_at`` (unix seconds, less a second for clock skew)."""
-        at = datetime.fromtimestamp(opened_at - 1.0, tz=UTC)
-        return _frames(await feed_published_since(self._pool, self._user_id, at))
+    async def after(self, position: int, *, before: int | None = None) -> list[Frame]:
+        """The next page of items after ``position`` (and before ``before``), in feed order."""
+        items = await feed_after(self._pool, self._user_id, position, before=before, limit=REPLAY_PAGE)
+        return _frames(items)
 
 
 def _frames(items: list[dict[str, Any]]) -> list[Frame]:
-    return [Frame(item["id"], encode_item(item)) for item in items]
+    return [Frame(item["id"], item["seq"], encode_item(item)) for item in items]

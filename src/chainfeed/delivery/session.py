@@ -1,20 +1,22 @@
-"""One WebSocket connection's life: replay what the client missed, then live pushes, without a gap.
+"""One WebSocket connection's life: its user's feed, in ``seq`` order, without a gap or a repeat.
 
 The hub has already subscribed the user's channel and registered the connection, so every live
-push from then on sits in the connection's queue. A replay (``since`` in the query, or a
-``{"type":"resume"}`` frame) runs while the writer is stopped: it sends the user's feed items
-with id > since from PostgreSQL, oldest first, and remembers their ids; the writer then starts
-on the queued live frames and skips those the replay already sent, until the first live frame
-newer than the replay shows the overlap is over. A frame pushed live before a resume frame may
-still arrive twice: delivery is at least once, and ``id`` lets the client drop repeats.
+push from then on reaches it. The connection then takes its *position* in the feed from
+PostgreSQL (the user's last number, or the number of the ``since`` item) and from there on sends
+only ``position + 1``: a push it already passed is dropped, a push further ahead first makes it
+read the missing items from PostgreSQL (a gap fill, a page at a time), and after the PUB/SUB
+connection came back it reads whatever follows its position. The invariant and why it holds on
+every path are in docs/design/delivery.md. A resume (``since`` in the query, or a
+``{"type":"resume"}`` frame) moves the position to the ``since`` item, replays what follows it
+and then says ``{"type":"resumed",...}``.
 
-A writer task drains the queue, so the socket has one sender at a time (the replay runs only
+A writer task drains the queue, so the socket has one sender at a time (a replay runs only
 while there is no writer). It exists only while frames wait: started when one is queued, gone
-when the queue is empty. Then, live and with no replay overlap left to skip, the session lends
-the socket's direct writer to the hub, which writes pushes itself, with no task switch per frame;
-a queued frame takes it back before anything else is sent. The client's frames are read by the
-connection's own handler task, which a close request interrupts: an idle connection holds one
-task and no queue, event or future of its own (memory per connection, bench/connections.py).
+when the queue is empty. Then, live, the session lends the socket's direct writer to the hub,
+which writes the next push itself when it is ``position + 1`` (a compare, no query), with no
+task switch per frame; anything else is queued for the writer. The client's frames are read by
+the connection's own handler task, which a close request interrupts: an idle connection holds
+one task and no queue, event or future of its own (memory per connection, bench/connections.py).
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ from chainfeed.delivery.resume import Frame
 from chainfeed.domain.frames import (
     PONG_FRAME,
     PROTOCOL_CLOSE_CODES,
+    AppClose,
     CloseCode,
     Ping,
     Resume,
     parse_client_message,
+    resumed_frame,
 )
 from chainfeed.errors import ClientGone
 from chainfeed.observability.metrics import (
     DELIVERY_LATENCY,
+    GAP_FILLS,
     STAGE_DURATION,
     WEBSOCKET_ERRORS,
     WEBSOCKET_MESSAGES_SENT,
@@ -62,16 +67,13 @@ _PUSH_STAGE = STAGE_DURATION.labels("push")
 
 
 class ReplaySource(Protocol):
-    """Where a session's replays come from (:class:`chainfeed.delivery.resume.Replay`)."""
+    """The user's feed in PostgreSQL (:class:`chainfeed.delivery.resume.Replay`)."""
 
-    async def late(self, since: int) -> Sequence[Frame]:
-        """Items numbered below ``since`` that were published after it, oldest first."""
+    async def start(self, since: int | None) -> int | None:
+        """The position to start at; None when ``since`` is not an item of this user."""
 
-    async def page(self, after: int) -> Sequence[Frame]:
-        """The next items after ``after``, oldest first; empty at the end."""
-
-    async def recent(self, opened_at: float) -> Sequence[Frame]:
-        """Items published since ``opened_at`` (unix seconds), oldest first."""
+    async def after(self, position: int, *, before: int | None = None) -> Sequence[Frame]:
+        """The next page of items after ``position`` (and before ``before``), in feed order."""
 
 
 class Socket(Protocol):
@@ -97,15 +99,11 @@ class Session:
         self.conn = conn
         self.socket = socket
         self._source = replay
-        self._opened = time.time()
         self._writer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[object] | None = None
         self._interrupted = False
         #: True once the replay is done and live frames may be sent.
         self._live = False
-        #: Ids the last replay sent, skipped when they also arrive live (None: nothing to skip).
-        self._skip: set[int] | None = None
-        self._skip_max = 0
 
     async def run(self, since: int | None) -> int:
         """Serve the connection; returns the close code (the client's or the one the server sent)."""
@@ -114,9 +112,7 @@ class Session:
         conn.on_close = self._interrupt
         conn.on_queued = self._kick
         try:
-            if conn.close_request is None:
-                if since is not None:
-                    await self._replay(since)
+            if conn.close_request is None and await self._start(since):
                 self._go_live()
                 await self._read_loop()
             code = conn.close_request[0] if conn.close_request is not None else CloseCode.NORMAL_CLOSURE
@@ -170,47 +166,42 @@ class Session:
                 continue
             message = parse_client_message(text)
             if isinstance(message, Ping):
-                self.conn.offer(Outgoing(None, 0, 0.0, PONG_FRAME))
+                self.conn.offer(Outgoing(None, None, 0, 0.0, PONG_FRAME))
             elif isinstance(message, Resume):
                 self._live = False
                 self.conn.direct = None
                 await self._stop_writer()
-                await self._replay(message.since)
+                if not await self._start(message.since):
+                    return
                 self._go_live()
 
-    async def _replay(self, since: int) -> None:
-        """Send the user's items with id > ``since`` (the writer is stopped meanwhile)."""
-        replayed: set[int] = set()
-        # Lower ids committed after the client's last one first (see storage.feed.feed_resume).
-        late = await self._source.late(since)
-        for item_id, frame in late:
-            await self.socket.send_text(frame)
-            replayed.add(item_id)
-        WEBSOCKET_MESSAGES_SENT.inc(len(late))
-        after = since
-        while page := await self._source.page(after):
-            for item_id, frame in page:
-                await self.socket.send_text(frame)
-                replayed.add(item_id)
-            WEBSOCKET_MESSAGES_SENT.inc(len(page))
-            after = page[-1][0]
-        self._skip = replayed or None
-        self._skip_max = after
-        if replayed:
-            self.conn.note_sent(max(replayed))
+    async def _start(self, since: int | None) -> bool:
+        """Take the position (the writer is stopped); with ``since``, replay and say ``resumed``.
 
-    async def _resync(self) -> None:
-        """Live pushes may have been lost (PUB/SUB reconnected): re-send what followed the last one."""
-        if self.conn.last_sent is not None:
-            await self._replay(self.conn.last_sent)
-            return
-        page = await self._source.recent(self._opened)
-        for item_id, frame in page:
-            await self.socket.send_text(frame)
-            self.conn.note_sent(item_id)
-        WEBSOCKET_MESSAGES_SENT.inc(len(page))
-        self._skip = {item_id for item_id, _ in page} or None
-        self._skip_max = self.conn.last_sent or 0
+        False when ``since`` is not an item of this user: the connection is closed with 4400.
+        """
+        position = await self._source.start(since)
+        if position is None:
+            WEBSOCKET_ERRORS.labels("protocol").inc()
+            self.conn.request_close(AppClose.INVALID_SINCE, "invalid since")
+            return False
+        self.conn.position = position
+        if since is not None:
+            replayed = await self._fill(before=None)
+            await self.socket.send_text(resumed_frame(since=since, replayed=replayed, seq=self.conn.position))
+        return True
+
+    async def _fill(self, *, before: int | None) -> int:
+        """Send what follows the position (up to ``before``) from PostgreSQL, a page at a time."""
+        sent = 0
+        conn = self.conn
+        while page := await self._source.after(conn.position, before=before):
+            for _, seq, text in page:
+                await self.socket.send_text(text)
+                conn.position = seq
+            sent += len(page)
+            WEBSOCKET_MESSAGES_SENT.inc(len(page))
+        return sent
 
     def _go_live(self) -> None:
         """Replay done: drain what was queued meanwhile, or lend the direct writer."""
@@ -221,7 +212,7 @@ class Session:
             self._lend()
 
     def _lend(self) -> None:
-        if self._live and self._writer is None and self._skip is None and self.conn.queue.empty():
+        if self._live and self._writer is None and self.conn.queue.empty():
             self.conn.direct = self.socket.direct
 
     def _kick(self) -> None:
@@ -237,25 +228,28 @@ class Session:
             await asyncio.gather(writer, return_exceptions=True)
 
     async def _write_loop(self) -> None:
-        """Send what is queued, in order; end when the queue is empty (then lend direct writes)."""
+        """Send what is queued, in feed order; end when the queue is empty (then lend direct writes)."""
         conn = self.conn
         queue = conn.queue
         send = self.socket.send_text
         try:
             while not queue.empty():
                 queued = queue.get_nowait()
-                if isinstance(queued, Resync):  # hub.RESYNC
-                    await self._resync()
+                if isinstance(queued, Resync):  # hub.RESYNC: pushes may have been lost meanwhile
+                    GAP_FILLS.labels("resync").inc()
+                    await self._fill(before=None)
                     continue
-                item_id, entry_ms, arrived, text = queued
-                if self._skip is not None and item_id is not None:
-                    if item_id > self._skip_max:
-                        self._skip = None
-                    elif item_id in self._skip:
-                        continue
+                _, seq, entry_ms, arrived, text = queued
+                if seq is not None:
+                    if seq <= conn.position:
+                        continue  # sent already
+                    if seq > conn.position + 1:  # something before it is missing or late
+                        GAP_FILLS.labels("gap").inc()
+                        await self._fill(before=seq)
+                        if seq <= conn.position:
+                            continue
+                    conn.position = seq
                 await send(text)
-                if item_id is not None:
-                    conn.note_sent(item_id)
                 WEBSOCKET_MESSAGES_SENT.inc()
                 if entry_ms:
                     DELIVERY_LATENCY.observe(max(0.0, time.time() - entry_ms / 1000))

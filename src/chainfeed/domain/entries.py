@@ -33,6 +33,8 @@ class StreamItem:
     type: str
     payload_json: str
     feed_item_id: int | None
+    #: The item's position in its user's feed (the relay's entries; None for a hand XADD).
+    seq: int | None
     created_at: str | None
 
     @property
@@ -46,6 +48,7 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamItem:
     user_id = _decimal(fields.get("user_id"), "user_id", required=True)
     assert user_id is not None
     feed_item_id = _decimal(fields.get("feed_item_id"), "feed_item_id", required=False)
+    seq = _decimal(fields.get("seq"), "seq", required=False)
     type_ = fields.get("type") or FEED_ITEM_TYPE
     if len(type_) > MAX_TYPE_LENGTH:
         raise PoisonEntry(f"type is longer than {MAX_TYPE_LENGTH} characters")
@@ -59,6 +62,7 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamItem:
         type=type_,
         payload_json=payload_json,
         feed_item_id=feed_item_id,
+        seq=seq,
         created_at=fields.get("created_at") or None,
     )
 

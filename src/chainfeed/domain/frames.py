@@ -2,9 +2,9 @@
 
 A push is encoded to JSON text once, where the stream entry is consumed, and that same text
 travels to every instance and every tab of the user. Between instances it rides in a small
-envelope on the user's PUB/SUB channel: ``"<feed item id> <entry ms> [<traceparent>] <frame>"``
-for a push, so a receiver can drop replayed duplicates, measure latency and continue the trace
-without parsing the frame, or
+envelope on the user's PUB/SUB channel: ``"<feed item id> <seq> <entry ms> [<traceparent>] <frame>"``
+for a push, so a receiver can keep each connection in feed order, measure latency and continue
+the trace without parsing the frame, or
 ``"!evict <connection id>"`` when the per-user connection cap closes a tab elsewhere.
 """
 
@@ -34,6 +34,7 @@ __all__ = [
     "pack_push",
     "parse_client_message",
     "parse_since",
+    "resumed_frame",
     "text_frame",
     "unpack",
 ]
@@ -69,9 +70,10 @@ PROTOCOL_CLOSE_CODES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """A frame for a user's tabs: ``item_id`` dedups replays, ``entry_ms`` dates the stream entry."""
+    """A frame for a user's tabs: ``seq`` orders it in the feed, ``entry_ms`` dates the stream entry."""
 
     item_id: int
+    seq: int
     entry_ms: int
     frame: str
     #: W3C traceparent of the span that published it (the push span's parent), when traced.
@@ -97,10 +99,13 @@ class Resume:
     since: int
 
 
-def encode_frame(*, item_id: int, user_id: int, created_at: str, type_: str, payload_json: str) -> str:
+def encode_frame(
+    *, item_id: int, seq: int, user_id: int, created_at: str, type_: str, payload_json: str
+) -> str:
     """The frame's JSON text; the payload is embedded as written (validated upstream, not re-encoded)."""
     frame = feed_frame(
         item_id=item_id,
+        seq=seq,
         user_id=user_id,
         created_at=created_at,
         payload=msgspec.Raw(payload_json.encode()),
@@ -133,11 +138,16 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
-def pack_push(item_id: int, entry_ms: int, frame: str, traceparent: str | None = None) -> str:
+def resumed_frame(*, since: int, replayed: int, seq: int) -> str:
+    """``{"type":"resumed",...}``: the replay after ``since`` is done; ``seq`` is the last number sent."""
+    return msgspec.json.encode({"type": "resumed", "since": since, "replayed": replayed, "seq": seq}).decode()
+
+
+def pack_push(item_id: int, seq: int, entry_ms: int, frame: str, traceparent: str | None = None) -> str:
     """The envelope of a push on a user channel (``traceparent`` goes before the frame, if given)."""
     if traceparent is not None:
-        return f"{item_id} {entry_ms} {traceparent} {frame}"
-    return f"{item_id} {entry_ms} {frame}"
+        return f"{item_id} {seq} {entry_ms} {traceparent} {frame}"
+    return f"{item_id} {seq} {entry_ms} {frame}"
 
 
 def unpack(message: str) -> Push | Evict | None:
@@ -146,13 +156,13 @@ def unpack(message: str) -> Push | Evict | None:
         return Evict(message[len(EVICT_PREFIX) :])
     if message.startswith("!"):
         return None
-    parts = message.split(" ", 2)
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+    parts = message.split(" ", 3)
+    if len(parts) != 4 or not (parts[0].isdigit() and parts[1].isdigit() and parts[2].isdigit()):
         return None
-    frame, traceparent = parts[2], None
+    frame, traceparent = parts[3], None
     if frame.startswith("00-"):  # a frame starts with "{"; a W3C traceparent with its version
         traceparent, _, frame = frame.partition(" ")
-    return Push(int(parts[0]), int(parts[1]), frame, traceparent)
+    return Push(int(parts[0]), int(parts[1]), int(parts[2]), frame, traceparent)
 
 
 def parse_since(raw: object) -> int | None:

@@ -1,7 +1,7 @@
 """An outbox entry (a committed feed item not yet on the stream) and its stream-entry fields.
 
 The fields are the contract with the delivery side (../shared/SPEC.md, "Redis stream message"):
-``user_id`` and ``feed_item_id`` as decimal strings, ``type``, ``payload`` as the JSON text of the
+``user_id``, ``feed_item_id`` and ``seq`` as decimal strings, ``type``, ``payload`` as the JSON text of the
 stored payload, ``created_at`` in ISO 8601; the publisher adds ``traceparent``/``tracestate``.
 """
 
@@ -19,6 +19,8 @@ class OutboxItem:
 
     id: int
     user_id: int
+    #: The item's position in its user's feed (numbered when the relay took it).
+    seq: int
     type: str
     payload: str
     created_at: datetime
@@ -42,5 +44,6 @@ def stream_fields(item: OutboxItem) -> dict[str, str]:
         "type": item.type,
         "payload": item.payload,
         "feed_item_id": str(item.id),
+        "seq": str(item.seq),
         "created_at": item.created_at.isoformat(),
     }

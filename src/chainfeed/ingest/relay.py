@@ -1,20 +1,18 @@
-"""Transactional outbox relay: every committed feed item reaches the stream, in id order.
+"""Transactional outbox relay: every committed feed item reaches the stream, numbered in its feed.
 
 Ingest commits feed items, and their ids in ``feed_outbox``, in the same transaction as the
-transfers, then calls :meth:`OutboxRelay.wake`. The relay, in one PostgreSQL transaction per batch:
+transfers, then calls :meth:`OutboxRelay.wake`. The relay, per batch:
 
-1. takes the cluster-wide outbox advisory lock (one publisher at a time keeps id order),
-2. reads the oldest ``batch_size`` outbox entries and their feed items, in id order,
-3. XADDs them in one pipelined round trip,
-4. deletes those outbox entries, sets the items' ``published_at`` and commits.
+1. in one short transaction under the cluster-wide outbox lock, numbers the oldest batch's items
+   in their users' feeds (``seq``) and leases the batch (``storage.outbox.take_batch``), commits;
+2. XADDs them in one pipelined round trip, each entry carrying its ``seq``;
+3. deletes those outbox entries (or, when the XADDs failed, ends the lease at once).
 
 It also sweeps every ``sweep_interval`` seconds, so items left behind by a crash, a Redis outage
 or another instance are published once things recover. Delivery to the stream is **at least
-once**: a crash (or lost reply) between the XADD and the COMMIT publishes those items again on the
-next pass. The delivery side drops the repeats by ``feed_item_id``.
-
-Ordering caveat: ids come from a sequence, so two ingests committing concurrently can commit
-id 12 before id 11; the relay may then publish 12 first. Within everything committed, order holds.
+once**: a crash between the XADD and the delete publishes the batch again once its lease runs
+out, with the same numbers. Connections drop what they already sent by ``seq``
+(docs/design/delivery.md).
 """
 
 from __future__ import annotations
@@ -82,23 +80,20 @@ class OutboxRelay:
                 return total
 
     async def publish_batch(self) -> int:
-        """Publish the oldest unpublished batch; returns its size (0 when there is nothing)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await store.lock_outbox(conn, lock_timeout=self._timeout)
-            items, taken = await store.unpublished(conn, limit=self._batch_size)
+        """Publish the oldest unleased batch; returns its size (0 when there is nothing)."""
+        async with self._pool.acquire() as conn:
+            items, taken = await store.take_batch(conn, limit=self._batch_size, lock_timeout=self._timeout)
             if not taken:
                 return 0
             started = time.perf_counter()
-            # The DELETE and the XADDs go out together (they touch different servers); the COMMIT
-            # waits for both, so a failed XADD still rolls the DELETE back.
-            results = await asyncio.gather(
-                self._publisher.publish(items) if items else _nothing(),
-                store.mark_published(conn, taken),
-                return_exceptions=True,
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            try:
+                if items:
+                    await self._publisher.publish(items)
+            except BaseException:
+                with contextlib.suppress(*OUTAGES):
+                    await store.release_batch(conn, taken)
+                raise
+            await store.mark_published(conn, taken)
         STAGE_DURATION.labels(stage="publish").observe(time.perf_counter() - started)
         return len(taken)
 
@@ -128,7 +123,3 @@ class OutboxRelay:
         self._backlog_at = now
         with contextlib.suppress(*OUTAGES):
             OUTBOX_BACKLOG.set(await store.backlog(self._pool))
-
-
-async def _nothing() -> None:
-    """Stands in for the XADDs when a batch holds only ids of deleted items."""

@@ -18,6 +18,7 @@ __all__ = [
     "DEAD_LETTERS",
     "DELIVERY_LATENCY",
     "FEED_ITEMS_CREATED",
+    "GAP_FILLS",
     "OUTBOX_BACKLOG",
     "REDIS_STREAM_CONSUMERS",
     "REDIS_STREAM_CONSUMER_LAG",
@@ -45,6 +46,15 @@ WEBSOCKET_CONNECTION_DURATION = Histogram(
     "How long WebSocket connections stay open.",
     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
 )
+GAP_FILLS = Counter(
+    "websocket_gap_fills_total",
+    "Reads of missed feed items from PostgreSQL by open connections: a push arrived ahead of the"
+    " connection's position (gap), or the PUB/SUB connection came back (resync).",
+    ["reason"],
+)
+for _reason in ("gap", "resync"):
+    GAP_FILLS.labels(_reason)
+
 WEBSOCKET_ERRORS = Counter(
     "websocket_errors_total",
     "WebSocket connections refused or closed for a fault (auth, slow_consumer, limit, origin, protocol).",

@@ -1,29 +1,26 @@
-"""Feed queries: a page of history (REST) and everything after an id (WebSocket resume)."""
+"""Feed queries: a page of history (REST), and a user's items in feed order (WebSocket replay).
+
+A user's feed order is ``seq`` (docs/design/delivery.md); ``feed_items (user_id, seq)`` is a
+unique index, so every read here that a connection makes is a range read on it.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from chainfeed.domain.feed import feed_frame
 
-__all__ = ["feed_page", "feed_published_since", "feed_resume", "feed_since"]
+__all__ = ["feed_after", "feed_page", "start_position"]
 
-_COLUMNS = "id, user_id, type, payload, created_at"
-#: The user's items published after item ``$2`` but numbered below it (see feed_resume).
-_LATE = (
-    f"SELECT {_COLUMNS} FROM feed_items"  # noqa: S608
-    " WHERE user_id = $1 AND id < $2"
-    "   AND published_at > (SELECT published_at FROM feed_items WHERE id = $2 AND user_id = $1)"
-    " ORDER BY id LIMIT 1000"
-)
+_COLUMNS = "id, seq, user_id, type, payload, created_at"
 
 
 def _frame(row: asyncpg.Record) -> dict[str, Any]:
     return feed_frame(
         item_id=row["id"],
+        seq=row["seq"],
         user_id=row["user_id"],
         created_at=row["created_at"],
         payload=row["payload"],
@@ -47,55 +44,43 @@ async def feed_page(
     return items, next_before
 
 
-async def feed_since(
-    pool: asyncpg.Pool, user_id: int, since: int, *, limit: int = 1000
+async def feed_after(
+    pool: asyncpg.Pool, user_id: int, after: int, *, before: int | None = None, limit: int
 ) -> list[dict[str, Any]]:
-    """Items with id > ``since``, oldest first (at most ``limit``; callers page on the last id)."""
+    """The user's items with ``after`` < seq (< ``before``), in seq order, at most ``limit``."""
     rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM feed_items WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",  # noqa: S608
+        f"SELECT {_COLUMNS} FROM feed_items"  # noqa: S608
+        " WHERE user_id = $1 AND seq > $2 AND ($3::bigint IS NULL OR seq < $3) ORDER BY seq LIMIT $4",
         user_id,
-        since,
+        after,
+        before,
         limit,
     )
     return [_frame(row) for row in rows]
 
 
-async def feed_resume(
-    pool: asyncpg.Pool, user_id: int, since: int, *, limit: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """What a resume from ``since`` sends first, in one round trip: the late items and the first
-    page after ``since`` (:func:`feed_since`).
+# The user's last number, and (for a resume) the number of the item ``$2`` if it is the user's:
+# NULL when it is not, its number once numbered, and the user's last number while it still waits
+# in the outbox (it is sent live then, as the next number).
+_POSITION = """
+SELECT u.feed_seq,
+       (SELECT COALESCE(f.seq, u.feed_seq) FROM feed_items f WHERE f.id = $2 AND f.user_id = $1) AS since_seq
+FROM users u WHERE u.id = $1
+"""
 
-    Late items have ids below ``since`` but reached the stream after item ``since`` did.
-    Ids come from a sequence when a row is inserted, but transactions commit in any order: an
-    item can get id 10, commit after item 11, and be published after a client already saw 11. A
-    client that was away then resumes with ``since=11`` and would never see 10. The outbox
-    publishes in id order among committed rows, so such late items are exactly those published
-    after the ``since`` item; resume sends them too (clients drop repeats by id).
+
+async def start_position(pool: asyncpg.Pool, user_id: int, since: int | None) -> int | None:
+    """Where a connection starts in its user's feed: the last number sent before it (0: nothing).
+
+    Without ``since``: the user's last number (it gets what is numbered after it opened). With
+    ``since`` = 0: the start. Otherwise the number of item ``since``; None when that is not an
+    item of this user (the connection is refused with 4400).
     """
-    rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM (({_LATE}) UNION ALL"  # noqa: S608
-        f" (SELECT {_COLUMNS} FROM feed_items WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3))"
-        " AS items ORDER BY id",
-        user_id,
-        since,
-        limit,
-    )
-    frames = [_frame(row) for row in rows]
-    first = next((n for n, frame in enumerate(frames) if frame["id"] > since), len(frames))
-    return frames[:first], frames[first:]
-
-
-async def feed_published_since(pool: asyncpg.Pool, user_id: int, at: datetime) -> list[dict[str, Any]]:
-    """The user's items that reached the stream at or after ``at``, oldest first (at most 1000).
-
-    For a live connection that has sent nothing yet when its instance's PUB/SUB connection was
-    re-established: what it may have missed is what was published since it opened.
-    """
-    rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM feed_items WHERE user_id = $1 AND published_at >= $2"  # noqa: S608
-        " ORDER BY id LIMIT 1000",
-        user_id,
-        at,
-    )
-    return [_frame(row) for row in rows]
+    row = await pool.fetchrow(_POSITION, user_id, since or 0)
+    if row is None:
+        return None
+    if since is None:
+        return int(row["feed_seq"])
+    if since == 0:
+        return 0
+    return None if row["since_seq"] is None else int(row["since_seq"])

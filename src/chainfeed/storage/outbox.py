@@ -1,14 +1,14 @@
 """Outbox queries: ``feed_outbox`` holds the ids of committed feed items not yet on the stream
 (with the trace context of the ingest that created them).
 
-Ingest inserts the ids in the same statement as the feed items (``storage.ingest``). The relay calls
-:func:`lock_outbox`, :func:`unpublished` and :func:`mark_published` inside one transaction. The
-transaction-level advisory lock lets one relay at a time publish, cluster-wide, so the stream
-receives items in id order (per-user order included) even with several instances; a waiting
-relay then sees, in a fresh snapshot, only what the previous one left.
-
-Publishing also sets ``feed_items.published_at``: the delivery side's resume uses it to find
-items committed late (a lower id that reached the stream after a higher one).
+Ingest inserts the ids in the same statement as the feed items (``storage.ingest``). A relay
+publishes a batch in three steps: :func:`take_batch` (one transaction, under a cluster-wide
+advisory lock) numbers the batch's items in their users' feeds (``seq``, from ``users.feed_seq``)
+and leases the batch, and commits; the relay XADDs; :func:`mark_published` removes the batch
+from the outbox. Because the numbers are committed before any XADD, every number below one a
+client sees is already readable in PostgreSQL (what a connection's gap fill relies on), and a
+batch that is published again (a relay died between XADD and delete, its lease ran out) carries
+the same numbers. :func:`release_batch` gives a batch back at once when its XADDs failed.
 
 Items that enter from the stream (hand XADDs recorded by the delivery side) never get an outbox
 row, so they are never published back to it.
@@ -25,51 +25,86 @@ from chainfeed.domain.outbox import OutboxItem
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["OUTBOX_LOCK_KEY", "Connection", "backlog", "lock_outbox", "mark_published", "unpublished"]
+__all__ = [
+    "LEASE_SECONDS",
+    "OUTBOX_LOCK_KEY",
+    "Connection",
+    "backlog",
+    "mark_published",
+    "release_batch",
+    "take_batch",
+]
 
 #: A connection taken from the pool (the relay holds one for a whole batch transaction).
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 #: Advisory lock shared by every relay ("outb"); distinct from the migrations' lock.
 OUTBOX_LOCK_KEY = 0x6F757462
+#: How long a relay's batch is its own before another relay may publish it again.
+LEASE_SECONDS = 10
 
-# The batch is chosen on the outbox's primary key alone, then each item is fetched by its primary
-# key (the LIMIT 1 keeps the lateral subquery from being flattened into a join the planner might
-# answer with a scan of all feed_items while its statistics are young). An id without a feed item
-# (deleted since) comes back with NULL columns and is only removed.
-_UNPUBLISHED = """
-SELECT o.feed_item_id AS id, f.user_id, f.type, f.payload, f.created_at, o.traceparent, o.tracestate
-FROM (
-    SELECT feed_item_id, traceparent, tracestate FROM feed_outbox ORDER BY feed_item_id LIMIT $1
-) AS o
-LEFT JOIN LATERAL (
-    SELECT user_id, type, payload::text AS payload, created_at
-    FROM feed_items WHERE id = o.feed_item_id LIMIT 1
-) AS f ON true
-ORDER BY o.feed_item_id
+# The batch: the oldest unleased outbox entries (the outbox's primary key alone), leased; its
+# items not numbered yet get the next numbers of their users' feeds in id order (the users'
+# counters are bumped by the count of their new items); then every item of the batch with its
+# number. An id without a feed item (deleted since) comes back with NULL columns, to be removed.
+_TAKE = """
+WITH batch AS (
+    SELECT feed_item_id FROM feed_outbox
+    WHERE lease_until IS NULL OR lease_until < clock_timestamp()
+    ORDER BY feed_item_id LIMIT $1
+),
+leased AS (
+    UPDATE feed_outbox o SET lease_until = clock_timestamp() + make_interval(secs => $2)
+    FROM batch WHERE o.feed_item_id = batch.feed_item_id
+    RETURNING o.feed_item_id, o.traceparent, o.tracestate
+),
+fresh AS (
+    SELECT f.id, f.user_id, row_number() OVER (PARTITION BY f.user_id ORDER BY f.id) AS n
+    FROM leased l JOIN feed_items f ON f.id = l.feed_item_id
+    WHERE f.seq IS NULL
+),
+bumped AS (
+    UPDATE users u SET feed_seq = u.feed_seq + c.count
+    FROM (SELECT user_id, count(*) AS count FROM fresh GROUP BY user_id) AS c
+    WHERE u.id = c.user_id
+    RETURNING u.id, u.feed_seq - c.count AS base
+),
+numbered AS (
+    UPDATE feed_items f SET seq = b.base + fresh.n
+    FROM fresh JOIN bumped b ON b.id = fresh.user_id
+    WHERE f.id = fresh.id
+    RETURNING f.id, f.seq
+)
+SELECT l.feed_item_id AS id, f.user_id, f.type, f.payload::text AS payload, f.created_at,
+       COALESCE(n.seq, f.seq) AS seq, l.traceparent, l.tracestate
+FROM leased l
+LEFT JOIN feed_items f ON f.id = l.feed_item_id
+LEFT JOIN numbered n ON n.id = l.feed_item_id
+ORDER BY l.feed_item_id
 """
 
 
-async def lock_outbox(conn: Connection, *, lock_timeout: float) -> None:
-    """Wait (at most ``lock_timeout`` s) until no other relay publishes; held until the transaction ends.
+async def take_batch(
+    conn: Connection, *, limit: int, lock_timeout: float
+) -> tuple[list[OutboxItem], list[int]]:
+    """Number and lease the oldest ``limit`` outbox entries and commit: (items, every id taken).
 
-    Must be its own statement: under READ COMMITTED the next statement then takes a snapshot that
-    no longer contains what the previous holder published.
+    One relay at a time numbers (the advisory lock), so numbers follow outbox order; the lock is
+    held only for this short transaction, not while the batch goes to Redis.
     """
-    # One round trip (simple protocol, two statements); both values are ours, not input.
-    await conn.execute(
-        f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms';"
-        f" SELECT pg_advisory_xact_lock({OUTBOX_LOCK_KEY})"
-    )
-
-
-async def unpublished(conn: Connection, *, limit: int) -> tuple[list[OutboxItem], list[int]]:
-    """The oldest ``limit`` outbox entries: (items to publish in id order, every id taken)."""
-    rows = await conn.fetch(_UNPUBLISHED, limit)
+    async with conn.transaction():
+        # Its own statement: under READ COMMITTED the next one then takes a snapshot that holds
+        # what the previous holder committed. Both values are ours, not input.
+        await conn.execute(
+            f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms';"
+            f" SELECT pg_advisory_xact_lock({OUTBOX_LOCK_KEY})"
+        )
+        rows = await conn.fetch(_TAKE, limit, float(LEASE_SECONDS))
     items = [
         OutboxItem(
             id=row["id"],
             user_id=row["user_id"],
+            seq=row["seq"],
             type=row["type"],
             payload=row["payload"],
             created_at=row["created_at"],
@@ -82,9 +117,6 @@ async def unpublished(conn: Connection, *, limit: int) -> tuple[list[OutboxItem]
     return items, [row["id"] for row in rows]
 
 
-# statement_timestamp(), not now(): a relay that waited for the lock began its transaction before
-# the previous batch committed, and published_at must grow from batch to batch (the delivery side's
-# resume compares it). One value per batch, taken after the lock.
 _MARK = """
 WITH published AS (
     UPDATE feed_items SET published_at = statement_timestamp() WHERE id = ANY($1::bigint[])
@@ -94,8 +126,15 @@ DELETE FROM feed_outbox WHERE feed_item_id = ANY($1::bigint[])
 
 
 async def mark_published(conn: Connection, ids: list[int]) -> None:
-    """Take ``ids`` out of the outbox and record when they were published (visible on commit)."""
+    """The batch is on the stream: out of the outbox, with the time it got there."""
     await conn.execute(_MARK, ids)
+
+
+async def release_batch(conn: Connection, ids: list[int]) -> None:
+    """The batch's XADDs failed: end its lease now, so the next pass publishes it again."""
+    await conn.execute(
+        "UPDATE feed_outbox SET lease_until = NULL WHERE feed_item_id = ANY($1::bigint[])", ids
+    )
 
 
 async def backlog(pool: asyncpg.Pool) -> int:

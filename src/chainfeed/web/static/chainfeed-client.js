@@ -3,8 +3,12 @@
 // Semantics (the seed's useWebSocket):
 // - the token lives in localStorage under "auth_token" (or is supplied by getToken);
 // - after a drop it reconnects 3 s later with jitter and a growing back-off, showing a countdown;
-// - every (re)connect resumes with since=<last id seen>, so nothing sent while away is missed;
-// - frames are deduplicated by id (delivery is at least once);
+// - every (re)connect resumes with since=<last item received> (since=0 when the feed was empty),
+//   so nothing committed while away, or between the history request and the socket, is missed;
+// - the server sends a user's items in feed order (seq); a repeat is dropped, and a gap (a seq
+//   further than the next) is a reason to resume from the last item received: a second line of
+//   defence behind the server's own gap fill;
+// - frames are also deduplicated by id (delivery is at least once);
 // - close code 4401 (missing/invalid/expired token) stops reconnecting and calls onAuthFailure;
 // - 4429 (this tab was the oldest of too many) stops too, so two tabs never evict each other forever.
 
@@ -34,7 +38,8 @@ export class FeedSocket {
    * @param {object} options
    * @param {string} [options.url] WebSocket endpoint (default: /ws on this host)
    * @param {() => string|null} [options.getToken]
-   * @param {number} [options.lastId] resume after this feed item id
+   * @param {number} [options.lastId] resume after this feed item id (0: from the start)
+   * @param {number|null} [options.lastSeq] that item's seq, if known
    * @param {(frame: object) => void} [options.onItem] a new feed item (never twice for one id)
    * @param {(status: {state: string, inSeconds?: number, reason?: string}) => void} [options.onStatus]
    * @param {(reason: string) => void} [options.onAuthFailure]
@@ -44,6 +49,8 @@ export class FeedSocket {
     this.url = options.url || `${scheme}//${window.location.host}/ws`;
     this.getToken = options.getToken || storedToken;
     this.lastId = options.lastId || 0;
+    this.lastSeq = options.lastSeq ?? null;
+    this.resuming = false;
     this.onItem = options.onItem || (() => {});
     this.onStatus = options.onStatus || (() => {});
     this.onAuthFailure = options.onAuthFailure || (() => {});
@@ -75,9 +82,10 @@ export class FeedSocket {
       this.onAuthFailure("missing token");
       return;
     }
-    const query = new URLSearchParams({ token });
-    if (this.lastId) query.set("since", String(this.lastId));
+    // Always a position: since=0 for an empty feed, so nothing committed meanwhile is missed.
+    const query = new URLSearchParams({ token, since: String(this.lastId) });
     const socket = new WebSocket(`${this.url}?${query}`);
+    this.resuming = true; // the server replays after lastId, then says "resumed"
     this.socket = socket;
     socket.onopen = () => {
       this.attempt = 0;
@@ -93,6 +101,11 @@ export class FeedSocket {
         this.onStatus({ state: "disconnected", reason: event.reason || "unauthorized" });
         this.onAuthFailure(event.reason || "invalid token");
         return;
+      }
+      if (event.code === 4400) {
+        // Our cursor names no item of ours (a restored server): start over from the beginning.
+        this.lastId = 0;
+        this.lastSeq = null;
       }
       if (event.code === 4429) {
         this.stopped = true;
@@ -129,11 +142,28 @@ export class FeedSocket {
       this.send({ type: "pong" });
       return;
     }
+    if (frame.type === "resumed") {
+      this.resuming = false;
+      if (typeof frame.seq === "number") this.lastSeq = frame.seq;
+      return;
+    }
     if (typeof frame.id !== "number" || !("payload" in frame)) return; // pong and unknown types
+    if (typeof frame.seq === "number" && this.lastSeq !== null) {
+      if (frame.seq <= this.lastSeq) return; // a repeat
+      if (frame.seq > this.lastSeq + 1) {
+        // Something before it is missing: ask again from the last item we have, once per gap.
+        if (!this.resuming) {
+          this.resuming = true;
+          this.send({ type: "resume", since: this.lastId });
+        }
+        return;
+      }
+    }
+    if (typeof frame.seq === "number") this.lastSeq = frame.seq;
+    this.lastId = frame.id;
     if (this.seen.has(frame.id)) return;
     this.seen.add(frame.id);
     if (this.seen.size > SEEN_LIMIT) this.seen.delete(this.seen.values().next().value);
-    if (frame.id > this.lastId) this.lastId = frame.id;
     this.onItem(frame);
   }
 

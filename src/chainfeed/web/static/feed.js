@@ -119,7 +119,8 @@ async function loadHistory() {
   $("#feed").replaceChildren();
   for (const frame of page.items) addToFeed(frame, { fresh: false, append: true });
   $("#feed-empty").hidden = page.items.length > 0;
-  return page.items.length ? page.items[0].id : 0;
+  const newest = page.items.find((item) => typeof item.seq === "number");
+  return newest ? { lastId: newest.id, lastSeq: newest.seq } : { lastId: 0, lastSeq: 0 };
 }
 
 async function showApp() {
@@ -134,10 +135,11 @@ async function showApp() {
   $("#whoami").hidden = false;
   $("#username").textContent = me.username;
   await loadWatchlist();
-  const lastId = await loadHistory();
+  const { lastId, lastSeq } = await loadHistory();
   if (socket) socket.stop();
   socket = new FeedSocket({
     lastId,
+    lastSeq,
     onItem: (frame) => addToFeed(frame, { fresh: true }),
     onStatus: setStatus,
     onAuthFailure: (reason) => logout(reason === "token expired" ? "Your session expired. Please log in again." : ""),
