@@ -38,6 +38,16 @@ def dev_dir() -> Iterator[Path]:
     subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal gives it, whatever the suite inherited.
+
+    A suite started from a non-interactive shell (CI, ``bash -c``, a background job) runs with
+    SIGINT ignored, the child would inherit that, and Python then installs no KeyboardInterrupt
+    handler at all: Ctrl-C would do nothing. A user's terminal never starts ``dev`` that way.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_dev(cwd: Path, port: int) -> tuple[subprocess.Popen[str], str]:
     """Start ``chainfeed dev`` and return it with the token it printed, once it is ready."""
     proc = subprocess.Popen(
@@ -47,6 +57,7 @@ def _start_dev(cwd: Path, port: int) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_default_sigint,  # noqa: PLW1509 - the child only resets a signal, then execs
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
