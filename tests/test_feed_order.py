@@ -173,3 +173,19 @@ async def test_since_of_another_users_item_is_refused_with_4400(
     async with client(app, alice["access_token"], since=bobs) as ws:
         await ws.wait_closed()
     assert (ws.close_code, ws.close_reason) == (4400, "invalid since")
+
+
+async def test_an_entry_naming_an_item_without_its_number_is_pushed_as_it_comes(
+    app: RunningApp, redis: Redis
+) -> None:
+    """An older relay's entry (during an upgrade), or another producer's, has ``feed_item_id`` but
+    no ``seq``: it reaches the tab at once, outside the order (``seq`` null), with no query."""
+    body = await app.register()
+    user_id = body["user"]["id"]
+    async with client(app, body["access_token"], since=0) as ws:
+        await ready(ws)
+        await redis.xadd(STREAM, {"user_id": str(user_id), "type": "new_transaction",
+                                  "payload": '{"n": 1}', "feed_item_id": "777"})  # fmt: skip
+        (frame,) = await recv_frames(ws, 1)
+        await _nothing_more(ws)
+    assert (frame["id"], frame["seq"]) == (777, None)

@@ -31,7 +31,7 @@ from chainfeed.errors import PoisonEntry, UnavailableError
 from chainfeed.names import user_channel
 from chainfeed.observability.metrics import DEAD_LETTERS, REDIS_STREAM_RETRIES, STAGE_DURATION
 from chainfeed.observability.tracing import extract_context, recording, tracer
-from chainfeed.storage.entries import item_seq, persist_entry
+from chainfeed.storage.entries import persist_entry
 from chainfeed.storage.pool import Pool
 from chainfeed.workers import supervise
 
@@ -194,14 +194,12 @@ class Consumer:
     async def _build(self, entry_id: str, fields: dict[str, str], context: SpanContext) -> Prepared:
         item = parse_entry(entry_id, fields)
         entry_ms = entry_millis(entry_id)
-        if item.feed_item_id is not None and item.seq is not None:
+        seq: int | None
+        if item.feed_item_id is not None:
+            # Our relay's entries carry their number. One without (an older relay's, during an
+            # upgrade, or another producer's) is pushed as it is, outside the feed order: a
+            # query per entry to number it would put PostgreSQL on the hot path.
             item_id, seq = item.feed_item_id, item.seq
-            created_at = item.created_at or datetime.fromtimestamp(entry_ms / 1000, UTC).isoformat()
-        elif item.feed_item_id is not None:  # written by a relay of a version before seq
-            numbered = await item_seq(self._pool, item.feed_item_id)
-            if numbered is None:
-                raise PoisonEntry(f"feed item {item.feed_item_id} is not numbered")
-            item_id, seq = item.feed_item_id, numbered
             created_at = item.created_at or datetime.fromtimestamp(entry_ms / 1000, UTC).isoformat()
         else:
             stored = await persist_entry(self._pool, entry_id=entry_id, user_id=item.user_id, type_=item.type,

@@ -297,13 +297,13 @@ class Hub:
         with push_span(decoded.traceparent, item_id=decoded.item_id, connections=len(connections)):
             wire: bytes | None = None
             written = 0
-            seq = decoded.seq
+            seq = decoded.seq  # 0: outside the feed order, sent as it comes
             for conn in connections.values():
-                if seq <= conn.position:
+                if seq and seq <= conn.position:
                     continue  # sent already (a replay, a gap fill, or a repeat)
                 direct = conn.direct
                 if (
-                    seq == conn.position + 1
+                    (seq == conn.position + 1 or not seq)
                     and direct is not None
                     and conn.close_request is None
                     and conn.queue.empty()
@@ -311,11 +311,12 @@ class Hub:
                     if wire is None:
                         wire = text_frame(decoded.frame)
                     if direct(wire):
-                        conn.position = seq
+                        if seq:
+                            conn.position = seq
                         written += 1
                         continue
                 if item is None:  # its session sends it in order, filling a gap first
-                    item = Outgoing(decoded.item_id, seq, decoded.entry_ms, arrived, decoded.frame)
+                    item = Outgoing(decoded.item_id, seq or None, decoded.entry_ms, arrived, decoded.frame)
                 conn.offer(item)
             if written:  # counted once per push, not per tab (the hot path)
                 WEBSOCKET_MESSAGES_SENT.inc(written)

@@ -27,7 +27,8 @@ class Prepared(NamedTuple):
 
     channel: str
     item_id: int
-    seq: int
+    #: Its place in the user's feed; None for an entry that names an item without one.
+    seq: int | None
     entry_ms: int
     frame: str
     #: The entry's CONSUMER span (invalid when spans are not recorded).

@@ -70,7 +70,11 @@ PROTOCOL_CLOSE_CODES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """A frame for a user's tabs: ``seq`` orders it in the feed, ``entry_ms`` dates the stream entry."""
+    """A frame for a user's tabs: ``seq`` orders it in the feed, ``entry_ms`` dates the stream entry.
+
+    ``seq`` 0: the push has no place in the feed order (an entry that named an item without its
+    number); connections send it as it comes.
+    """
 
     item_id: int
     seq: int
@@ -100,7 +104,7 @@ class Resume:
 
 
 def encode_frame(
-    *, item_id: int, seq: int, user_id: int, created_at: str, type_: str, payload_json: str
+    *, item_id: int, seq: int | None, user_id: int, created_at: str, type_: str, payload_json: str
 ) -> str:
     """The frame's JSON text; the payload is embedded as written (validated upstream, not re-encoded)."""
     frame = feed_frame(
@@ -143,8 +147,11 @@ def resumed_frame(*, since: int, replayed: int, seq: int) -> str:
     return msgspec.json.encode({"type": "resumed", "since": since, "replayed": replayed, "seq": seq}).decode()
 
 
-def pack_push(item_id: int, seq: int, entry_ms: int, frame: str, traceparent: str | None = None) -> str:
+def pack_push(
+    item_id: int, seq: int | None, entry_ms: int, frame: str, traceparent: str | None = None
+) -> str:
     """The envelope of a push on a user channel (``traceparent`` goes before the frame, if given)."""
+    seq = seq or 0
     if traceparent is not None:
         return f"{item_id} {seq} {entry_ms} {traceparent} {frame}"
     return f"{item_id} {seq} {entry_ms} {frame}"

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-__all__ = ["StoredEntry", "item_seq", "persist_entry"]
+__all__ = ["StoredEntry", "persist_entry"]
 
 _LOCK_USER = "SELECT feed_seq FROM users WHERE id = $1 FOR UPDATE"
 _EXISTING = "SELECT id, created_at, seq FROM feed_items WHERE source_entry_id = $1"
@@ -49,9 +49,3 @@ async def persist_entry(
             row = await conn.fetchrow(_INSERT, user_id, type_, payload_json, entry_id)
     assert row is not None
     return StoredEntry(int(row["id"]), row["created_at"], int(row["seq"]))
-
-
-async def item_seq(pool: asyncpg.Pool, item_id: int) -> int | None:
-    """The number of feed item ``item_id`` in its user's feed (None: none yet, or no such item)."""
-    seq = await pool.fetchval("SELECT seq FROM feed_items WHERE id = $1", item_id)
-    return None if seq is None else int(seq)
