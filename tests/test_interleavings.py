@@ -18,14 +18,16 @@ import contextlib
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from tests.chaos_harness import ChaosClient, User
 from tests.conftest import AppFactory, RunningApp
 from tests.ingest_support import activity, address, post_webhook, watch, webhook
 
@@ -38,26 +40,20 @@ SEEDS = [11, 12, 13] + [
 
 
 @dataclass(eq=False)
-class Tab:
-    """A browser tab: connects, records what it gets, comes back from its last item after a drop."""
+class Tab(ChaosClient):
+    """A chaos tab that also records each item's ``seq`` in arrival order, and resumes from the
+    last item it received (not the highest id: the feed's order is ``seq``)."""
 
-    name: str
-    user_id: int
-    token: str
-    app: RunningApp
+    name: str = ""
     received: list[tuple[int, int]] = field(default_factory=list)
-    connects: int = 0
-    ws: ClientConnection | None = None
-    task: asyncio.Task[None] | None = None
-    stopping: bool = False
 
     @property
-    def last_id(self) -> int:
+    def last(self) -> int:
         return self.received[-1][0] if self.received else 0
 
     async def run(self) -> None:
         while not self.stopping:
-            url = f"{self.app.ws_url}?token={self.token}&since={self.last_id}"
+            url = f"{self.target()}?token={self.user.token}&since={self.last}"
             with contextlib.suppress(OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
                 async with connect(url, open_timeout=5, close_timeout=1) as ws:
                     self.ws, self.connects = ws, self.connects + 1
@@ -69,20 +65,6 @@ class Tab:
             if not self.stopping:
                 await asyncio.sleep(0.02)
 
-    def drop(self) -> None:
-        """Cut the TCP connection without a close frame (a network drop)."""
-        if self.ws is not None:
-            self.ws.transport.abort()
-
-    async def stop(self) -> None:
-        self.stopping = True
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                await self.ws.close()
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-
 
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_every_tab_gets_its_users_feed_in_order_under_random_failures(
@@ -90,15 +72,15 @@ async def test_every_tab_gets_its_users_feed_in_order_under_random_failures(
 ) -> None:
     rng = random.Random(seed)
     apps = [await app_factory(claim_idle_ms=300), await app_factory(claim_idle_ms=300)]
-    users: list[tuple[int, str, str]] = []  # (user id, token, watched address)
+    users: list[User] = []
     for n in range(3):
         body = await apps[0].register()
         watched = address(1000 * seed % 7919 + n)
         await watch(apps[0], body["access_token"], watched)
-        users.append((body["user"]["id"], body["access_token"], watched))
+        users.append(User(body["user"]["id"], body["access_token"], watched))
     tabs = [
-        Tab(f"u{u}t{t}", user_id, token, rng.choice(apps))
-        for u, (user_id, token, _) in enumerate(users)
+        Tab(user, _url_of(rng.choice(apps)), name=f"u{u}t{t}")
+        for u, user in enumerate(users)
         for t in range(rng.choice((1, 2)))
     ]
     for tab in tabs:
@@ -109,7 +91,7 @@ async def test_every_tab_gets_its_users_feed_in_order_under_random_failures(
     async def send_webhook(app: RunningApp) -> None:
         moves = []
         for _ in range(rng.randint(1, 3)):
-            _, _, watched = rng.choice(users)
+            watched = rng.choice(users).address
             other = address(rng.randrange(10_000, 20_000))
             frm, to = (watched, other) if rng.random() < 0.5 else (other, watched)
             moves.append(activity("external", frm=frm, to=to))
@@ -140,12 +122,16 @@ async def test_every_tab_gets_its_users_feed_in_order_under_random_failures(
         for tab in tabs:
             await tab.stop()
     for tab in tabs:
-        rows = await db.fetch("SELECT id, seq FROM feed_items WHERE user_id = $1 ORDER BY seq", tab.user_id)
+        rows = await db.fetch("SELECT id, seq FROM feed_items WHERE user_id = $1 ORDER BY seq", tab.user.id)
         expected = [(row["id"], row["seq"]) for row in rows]
         assert tab.received == expected, (
             f"seed {seed}, tab {tab.name} ({tab.connects} connections), schedule {schedule}:"
             f" got seqs {[s for _, s in tab.received]}, expected 1..{len(expected)}"
         )
+
+
+def _url_of(app: RunningApp) -> Callable[[], str]:
+    return lambda: app.ws_url
 
 
 async def _settled(db: asyncpg.Connection, tabs: list[Tab], *, within: float) -> None:
@@ -155,6 +141,6 @@ async def _settled(db: asyncpg.Connection, tabs: list[Tab], *, within: float) ->
     while loop.time() < deadline:
         if not await db.fetchval("SELECT count(*) FROM feed_outbox"):
             last = {r["id"]: r["feed_seq"] for r in await db.fetch("SELECT id, feed_seq FROM users")}
-            if all((tab.received[-1][1] if tab.received else 0) >= last[tab.user_id] for tab in tabs):
+            if all((tab.received[-1][1] if tab.received else 0) >= last[tab.user.id] for tab in tabs):
                 return
         await asyncio.sleep(0.05)
