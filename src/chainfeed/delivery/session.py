@@ -30,7 +30,7 @@ from typing import Protocol
 import structlog
 
 from chainfeed.delivery.hub import Connection, Outgoing, Resync
-from chainfeed.delivery.resume import Frame
+from chainfeed.delivery.resume import REPLAY_PAGE, Frame
 from chainfeed.domain.frames import (
     PONG_FRAME,
     PROTOCOL_CLOSE_CODES,
@@ -195,13 +195,15 @@ class Session:
         """Send what follows the position (up to ``before``) from PostgreSQL, a page at a time."""
         sent = 0
         conn = self.conn
-        while page := await self._source.after(conn.position, before=before):
+        while True:
+            page = await self._source.after(conn.position, before=before)
             for _, seq, text in page:
                 await self.socket.send_text(text)
                 conn.position = seq
             sent += len(page)
             WEBSOCKET_MESSAGES_SENT.inc(len(page))
-        return sent
+            if len(page) < REPLAY_PAGE:  # a short page is the last: no query to learn it
+                return sent
 
     def _go_live(self) -> None:
         """Replay done: drain what was queued meanwhile, or lend the direct writer."""
