@@ -252,3 +252,33 @@ async def _drain(relay: OutboxRelay) -> int:
         return await relay.drain()
     finally:
         await relay.close()
+
+
+async def test_after_a_restore_no_id_or_number_a_client_saw_is_handed_out_again(
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """Items 1-3 are published; PostgreSQL is then restored from a backup taken after item 1.
+    At start-up the relay sees the id sequence behind what Redis says was published and moves
+    the sequence and the feed counters on: the next item gets a new id and a higher number."""
+    (user_id,) = await _watchers(db, 1, ME)
+    assert await _commit_without_publishing(pool, 3) == 3
+    client = redis_client(settings.redis_url or "")
+    relay = OutboxRelay(pool=pool, redis=client, stream=settings.stream)
+    try:
+        assert await relay.drain() == 3
+        served = [(r["id"], r["seq"]) for r in await db.fetch("SELECT id, seq FROM feed_items ORDER BY seq")]
+        assert [seq for _, seq in served] == [1, 2, 3]
+        # The restore: the backup holds item 1 only; sequence and counter as they were then.
+        await db.execute("DELETE FROM feed_items WHERE id <> $1", served[0][0])
+        await db.execute("SELECT setval('feed_items_id_seq', $1)", served[0][0])
+        await db.execute("UPDATE users SET feed_seq = 1 WHERE id = $1", user_id)
+        assert await relay.move_past_restore() == served[2][0] - served[0][0]
+        assert await relay.move_past_restore() == 0  # once: the sequence is past it now
+        await _commit_without_publishing(pool, 1)
+        assert await relay.drain() == 1
+    finally:
+        await relay.close()
+        await client.aclose()
+    new_id, new_seq = (await db.fetch("SELECT id, seq FROM feed_items ORDER BY seq DESC LIMIT 1"))[0]
+    assert new_id > served[2][0]
+    assert new_seq > 3

@@ -7,6 +7,7 @@ __all__ = [
     "DEFAULT_DEAD_LETTER_STREAM",
     "DEFAULT_STREAM",
     "FEED_ITEM_TYPE",
+    "HIGH_WATER_KEY",
     "HUB_CHANNEL",
     "INSTANCES_KEY",
     "LOGIN_IP_PREFIX",
@@ -42,6 +43,9 @@ HUB_CHANNEL = "feed:hub"
 #: re-subscriptions, says every channel is live again (nothing is published on it).
 RESYNC_MARKER_CHANNEL = "feed:hub:resubscribed"
 
+
+#: The highest feed item id the relay has published (a restore of PostgreSQL is seen against it).
+HIGH_WATER_KEY = "feed:high_water"
 
 #: Failed-login counters (fixed windows) per account name and per client IP.
 LOGIN_USER_PREFIX = "ratelimit:login:user:"

@@ -33,6 +33,7 @@ from chainfeed.ingest.alchemy_sync import AddressSync, AlchemySync, SyncOff, syn
 from chainfeed.ingest.relay import OutboxRelay
 from chainfeed.storage import create_pool
 from chainfeed.storage.pool import Pool, ping
+from chainfeed.workers import OUTAGES
 
 __all__ = ["HealthCheck", "Runtime", "open_runtime"]
 
@@ -102,6 +103,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         runtime.checks.update(
             postgres=lambda: ping(pool), redis=lambda: _ping(redis), consumer=consumer.check
         )
+        await _move_past_restore(relay)
         start("outbox-relay", relay.run())
         start("hub-subscriber", hub.run())
         start("presence-heartbeat", hub.run_heartbeat())
@@ -128,6 +130,18 @@ def _address_sync(settings: Settings, pool: Pool) -> AddressSync:
         settings.alchemy_api_url, token=settings.alchemy_auth_token, webhook_id=settings.alchemy_webhook_id
     )
     return AlchemySync(pool, api)
+
+
+async def _move_past_restore(relay: OutboxRelay) -> None:
+    """Before anything is numbered: catch a PostgreSQL restored behind what was published.
+
+    Best effort: with Redis or PostgreSQL down at start-up the service still starts (the check
+    runs again at the next start); the outage is the readiness check's to report.
+    """
+    try:
+        await relay.move_past_restore()
+    except OUTAGES as exc:
+        log.warning("restore check skipped", error=f"{type(exc).__name__}: {exc}")
 
 
 async def _ping(redis: Redis) -> None:

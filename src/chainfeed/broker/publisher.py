@@ -19,9 +19,16 @@ from redis.asyncio import Redis
 
 from chainfeed.broker.wire import Commands, Part
 from chainfeed.domain.outbox import OutboxItem, stream_fields
+from chainfeed.names import HIGH_WATER_KEY
 from chainfeed.observability.tracing import extract_context, inject_context, tracer
 
 __all__ = ["StreamPublisher"]
+
+# KEYS[1] the high-water key; ARGV[1] an id just published. Keeps the highest.
+_RAISE = (
+    "local v = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    "if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end return 1"
+)
 
 
 class StreamPublisher:
@@ -55,8 +62,10 @@ class StreamPublisher:
             fields = stream_fields(item)
             fields.update(group.carrier)
             commands.append(["XADD", self._stream, "*", *(part for pair in fields.items() for part in pair)])
+        # In the same write: the highest id published so far (what a restore is checked against).
+        commands.append(["EVAL", _RAISE, 1, HIGH_WATER_KEY, max(item.id for item in items)])
         try:
-            replies = await self._wire.execute(commands, reply_within=self._timeout)
+            replies = (await self._wire.execute(commands, reply_within=self._timeout))[:-1]
         except BaseException as exc:
             for group in groups.values():
                 group.span.record_exception(exc)
@@ -71,6 +80,11 @@ class StreamPublisher:
                 group.span.set_attribute("messaging.batch.message_count", len(group.positions))
             group.span.end()
         return entry_ids
+
+    async def high_water(self) -> int:
+        """The highest feed item id ever published to this Redis (0: none, or Redis lost it)."""
+        (value,) = await self._wire.execute([["GET", HIGH_WATER_KEY]])
+        return int(value or 0)
 
     async def close(self) -> None:
         """Close the publisher's connection."""

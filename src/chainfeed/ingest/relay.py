@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import time
 
+import structlog
+
 from chainfeed.broker.client import Redis
 from chainfeed.broker.publisher import StreamPublisher
 from chainfeed.observability.metrics import OUTBOX_BACKLOG, STAGE_DURATION
@@ -29,6 +31,8 @@ from chainfeed.storage.pool import Pool
 from chainfeed.workers import OUTAGES, supervise
 
 __all__ = ["OutboxRelay"]
+
+log = structlog.get_logger(__name__)
 
 
 class OutboxRelay:
@@ -65,6 +69,15 @@ class OutboxRelay:
             await supervise("outbox-relay", self._pass, idle=self._sleep)
         finally:
             await self._publisher.close()
+
+    async def move_past_restore(self) -> int:
+        """At start-up: if PostgreSQL was restored behind what was published, move its id
+        sequence and feed counters past it (``storage.outbox.move_past_restore``); the shift."""
+        shift = await store.move_past_restore(self._pool, await self._publisher.high_water())
+        if shift:
+            log.warning("postgresql is behind what was published (a restore?); ids and feed numbers moved on",
+                        shift=shift)  # fmt: skip
+        return shift
 
     async def close(self) -> None:
         """Close the relay's Redis connection (for relays used without :meth:`run`)."""

@@ -31,6 +31,7 @@ __all__ = [
     "Connection",
     "backlog",
     "mark_published",
+    "move_past_restore",
     "release_batch",
     "take_batch",
 ]
@@ -141,3 +142,24 @@ async def backlog(pool: asyncpg.Pool) -> int:
     """How many committed feed items are not yet on the stream."""
     count = await pool.fetchval("SELECT count(*) FROM feed_outbox", timeout=5)
     return int(count or 0)
+
+
+async def move_past_restore(pool: asyncpg.Pool, high_water: int) -> int:
+    """After a restore of PostgreSQL: hand out nothing a client may have seen; returns the shift.
+
+    ``high_water`` is the highest item id the relays ever published (kept in Redis). When the
+    id sequence is behind it, the database went back in time: every id up to ``high_water``, and
+    every number of a user's feed up to its counter plus the items made since the backup (at most
+    ``high_water - last id``), may be on a screen. So the sequence moves to ``high_water`` and
+    every user's counter by that difference: new items come after anything served (a client sees
+    a jump in ``seq``, resumes, and starts over if its last item is gone). 0 when nothing moved.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK_KEY})")
+        last = await conn.fetchval("SELECT last_value FROM feed_items_id_seq")
+        shift = high_water - int(last)
+        if shift <= 0:
+            return 0
+        await conn.execute("SELECT setval('feed_items_id_seq', $1)", high_water)
+        await conn.execute("UPDATE users SET feed_seq = feed_seq + $1", shift)
+        return shift
