@@ -262,43 +262,106 @@ def test_empty_activity_is_fine() -> None:
         (b"[]", "Expected `object`, got `array`"),
         (b'{"event": {}}', "missing required field `id`"),
         (b'{"id": "x"}', "missing required field `event`"),
+        (b'{"id": "x", "event": []}', "at `$.event`"),
         (b'{"id": "", "event": {}}', "id must be"),
-        (b'{"id": "x", "event": {"activity": {}}}', "got `object` - at `$.event.activity`"),
-        (b'{"id": "x", "type": "MINED_TRANSACTION", "event": {}}', "unsupported webhook type"),
-        (b'{"id": "x", "event": {"activity": [{"hash": "0x1", "category": "external"}]}}', "event.network"),
+        (b'{"id": "a\\u0000b", "event": {}}', "without NUL"),
     ],
 )
-def test_malformed_envelopes_say_what_and_where(body: bytes, message: str) -> None:
-    with pytest.raises(ValidationError, match=r"malformed|unsupported") as info:
+def test_only_what_is_not_a_delivery_raises(body: bytes, message: str) -> None:
+    with pytest.raises(ValidationError, match=r"malformed") as info:
         parse_webhook(body)
     assert message in str(info.value)
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "reason", "detail"),
     [
-        ({"hash": None}, "Expected `str`, got `null` - at `$.event.activity[1].hash`"),
-        ({"hash": "0x1234"}, "hash must be 0x and 64 hex digits - at `$.event.activity[1].hash`"),
-        ({"category": 7}, "Expected `str`, got `int` - at `$.event.activity[1].category`"),
-        ({"category": " "}, "category must not be empty"),
-        ({"blockNum": "0xzz"}, "expected a hex quantity - at `$.event.activity[1].blockNum`"),
-        ({"blockNum": "0x" + "f" * 20}, "quantity out of range"),
-        ({"value": "lots"}, "at `$.event.activity[1].value`"),
-        ({"log": {"logIndex": "-0x1"}}, "at `$.event.activity[1].log.logIndex`"),
+        ({"hash": 7}, "wrong_type", "got `int` - at `$.event.activity[1].hash`"),
+        (
+            {"hash": "0x1234"},
+            "bad_value",
+            "hash must be 0x and 64 hex digits - at `$.event.activity[1].hash`",
+        ),
+        ({"category": 7}, "wrong_type", "got `int` - at `$.event.activity[1].category`"),
+        ({"fromAddress": ["0xabc"]}, "wrong_type", "got `array` - at `$.event.activity[1].fromAddress`"),
+        ({"blockNum": "0xzz"}, "bad_value", "expected a hex quantity - at `$.event.activity[1].blockNum`"),
+        ({"blockNum": "0x" + "f" * 20}, "bad_value", "quantity out of range"),
+        ({"log": {"logIndex": "-0x1"}}, "bad_value", "at `$.event.activity[1].log.logIndex`"),
+        (
+            {"erc1155Metadata": [{"tokenId": 5}]},
+            "wrong_type",
+            "at `$.event.activity[1].erc1155Metadata[0].tokenId`",
+        ),
+        ({"asset": "E\u0000TH"}, "nul_character", "NUL character"),
     ],
 )
-def test_malformed_activities_name_their_path(change: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValidationError) as info:
-        parse_webhook(envelope(EXTERNAL_ACTIVITY, {**USDC_ACTIVITY, **change}))
-    assert message in str(info.value)
+def test_an_unusable_activity_is_quarantined_and_the_rest_kept(
+    change: dict[str, Any], reason: str, detail: str
+) -> None:
+    body = envelope(EXTERNAL_ACTIVITY, {**USDC_ACTIVITY, **change}).replace(b"\\\\u0000", b"\\u0000")
+    webhook = parse_webhook(body)
+    assert [t.category for t in webhook.transfers] == ["external"]
+    (entry,) = webhook.quarantined
+    assert (entry.position, entry.reason) == (1, reason)
+    assert detail in entry.detail, entry.detail
+    assert json.loads(entry.raw)["category"] == change.get("category", "token")
+    assert webhook.activity_count == 2
 
 
-def test_missing_hash_is_malformed() -> None:
-    activity = {k: v for k, v in USDC_ACTIVITY.items() if k != "hash"}
-    with pytest.raises(
-        ValidationError, match=r"missing required field `hash` - at `\$\.event\.activity\[0\]`"
-    ):
-        parse_webhook(envelope(activity))
+def test_odd_display_fields_are_dropped_not_quarantined() -> None:
+    odd = {
+        **USDC_ACTIVITY,
+        "value": "lots",
+        "asset": 5,
+        "rawContract": {**USDC_ACTIVITY["rawContract"], "decimals": []},
+    }
+    (transfer,) = parse_webhook(envelope(odd)).transfers
+    assert (transfer.value, transfer.asset, transfer.decimals, transfer.transfer_key) == (
+        None,
+        None,
+        None,
+        "log:110",
+    )
+    numeric = parse_webhook(envelope({**USDC_ACTIVITY, "value": "1.25"})).transfers[0]
+    assert numeric.value == 1.25
+
+
+def test_a_hash_less_activity_is_keyed_by_its_delivery_and_position() -> None:
+    """Alchemy's NFT example: no hash, blockNum, value or asset, a log without transactionHash or
+    logIndex, the contract in contractAddress. Keyed by event id and position: a retry of the
+    event gets the same keys, two such transfers in one delivery stay two."""
+    nft = {
+        "fromAddress": "0x0000000000000000000000000000000000000000",
+        "toAddress": "0x15dd13f3c4c5279222b5f09ed1b9e9340ed17185",
+        "contractAddress": "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3",
+        "erc721TokenId": "0x1",
+        "category": "erc721",
+        "log": {"address": "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3", "removed": False},
+    }
+    first, second = parse_webhook(envelope(nft, nft, event_id="whevt_nft")).transfers
+    assert (first.hash, first.hash_key, first.transfer_key, second.transfer_key) == (
+        None, "", "event:whevt_nft:0", "event:whevt_nft:1")  # fmt: skip
+    assert first.contract == "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3"
+    assert (first.payload()["hash"], first.token_id) == (None, "0x1")
+    again = parse_webhook(envelope(nft, nft, event_id="whevt_nft")).transfers
+    assert [t.transfer_key for t in again] == [first.transfer_key, second.transfer_key]
+    # NFT activity names the hash inside the log: that is the transaction's hash.
+    with_log_hash = {**nft, "log": {**nft["log"], "transactionHash": TX, "logIndex": "0x2"}}
+    (keyed,) = parse_webhook(envelope(with_log_hash)).transfers
+    assert (keyed.hash, keyed.transfer_key) == (TX, "log:2")
+
+
+def test_envelope_oddities_quarantine_the_activities_not_the_delivery() -> None:
+    no_network = parse_webhook(envelope(EXTERNAL_ACTIVITY, network=None))
+    assert [q.reason for q in no_network.quarantined] == ["no_network"]
+    not_a_list = parse_webhook(b'{"id": "x", "event": {"network": "ETH_MAINNET", "activity": {"hash": 1}}}')
+    assert [(q.position, q.reason, q.raw) for q in not_a_list.quarantined] == [
+        (0, "not_a_list", '{"hash": 1}')
+    ]
+    other_type = parse_webhook(envelope(EXTERNAL_ACTIVITY).replace(b"ADDRESS_ACTIVITY", b"NFT_ACTIVITY"))
+    assert (other_type.type, len(other_type.transfers)) == ("NFT_ACTIVITY", 1)
+    absent_category = parse_webhook(envelope({k: v for k, v in USDC_ACTIVITY.items() if k != "category"}))
+    assert absent_category.transfers[0].category == "unknown"
 
 
 def test_metric_category_is_bounded() -> None:

@@ -15,7 +15,6 @@ from redis.asyncio import Redis
 from chainfeed.observability.logging import configure_logging
 from tests.conftest import RunningApp
 from tests.ingest_support import (
-    OTHER_BLOCK_HASH,
     Metrics,
     activity,
     address,
@@ -225,33 +224,6 @@ async def test_same_transaction_split_across_payloads(app: RunningApp, db: async
     assert await _count(db, "feed_items") == 4
 
 
-async def test_reorg_updates_the_row_and_never_duplicates(app: RunningApp, db: asyncpg.Connection) -> None:
-    """removed: true marks the transfer removed; re-inclusion in another block moves it; stale copies
-    change nothing; the user's stored item follows, and no second item appears."""
-    await _user_watching(app, ME)
-    tx = tx_hash()
-    mined = activity("token", frm=ALICE, to=ME, hash_=tx, log_index=4)
-    removed = activity("token", frm=ALICE, to=ME, hash_=tx, log_index=4, removed=True)
-    moved = activity("token", frm=ALICE, to=ME, hash_=tx, log_index=4, block_hash=OTHER_BLOCK_HASH,
-                     block_num=0xDF34A4)  # fmt: skip
-
-    async def state() -> tuple[Any, ...]:
-        row = await db.fetchrow("SELECT removed, block_hash, block_num FROM transactions WHERE hash = $1", tx)
-        assert row is not None
-        item = json.loads(await db.fetchval("SELECT payload FROM feed_items"))
-        return row["removed"], row["block_hash"], item["removed"], item["block_hash"], item["block_num"]
-
-    assert (await post_webhook(app, webhook(mined))).json()["new_feed_items"] == 1
-    assert (await post_webhook(app, webhook(removed))).json()["new_feed_items"] == 0
-    assert (await state())[:3] == (True, mined["log"]["blockHash"], True)
-    # A late retry of the original delivery must not resurrect it.
-    assert (await post_webhook(app, webhook(mined))).json()["new_feed_items"] == 0
-    assert (await state())[0] is True
-    assert (await post_webhook(app, webhook(moved))).json()["new_feed_items"] == 0
-    assert await state() == (False, OTHER_BLOCK_HASH, False, OTHER_BLOCK_HASH, 0xDF34A4)
-    assert (await _count(db, "transactions"), await _count(db, "feed_items")) == (1, 1)
-
-
 async def test_transfer_first_seen_removed_notifies_nobody(app: RunningApp, db: asyncpg.Connection) -> None:
     await _user_watching(app, ME)
     response = await post_webhook(
@@ -284,22 +256,22 @@ async def test_bad_or_missing_signature_is_401_and_writes_nothing(
     assert metrics.delta("webhook_requests_total", outcome="accepted") == 0
 
 
-async def test_malformed_is_400_with_a_clear_message(app: RunningApp, db: asyncpg.Connection) -> None:
+async def test_only_a_body_that_is_not_a_delivery_is_400(app: RunningApp, db: asyncpg.Connection) -> None:
+    """Content problems inside a delivery are quarantined (tests/test_quarantine.py); 400 is for
+    bodies that are no Alchemy delivery at all, with a message saying what is wrong."""
     metrics = Metrics()
     not_json = await post_webhook(app, b"{not json")
-    no_hash = await post_webhook(app, webhook({"category": "external", "fromAddress": ME}))
-    nul_in_string = await post_webhook(
-        app, webhook({**activity("external", frm=ME, to=ALICE), "asset": "E\u0000TH"})
-    )
-    assert not_json.status_code == 400
+    no_event = await post_webhook(app, {"id": "whevt_x", "webhookId": "wh_1"})
+    event_not_object = await post_webhook(app, {"id": "whevt_y", "event": "ADDRESS_ACTIVITY"})
+    no_id = await post_webhook(app, {"event": {"network": "ETH_MAINNET", "activity": []}})
+    for response in (not_json, no_event, event_not_object, no_id):
+        assert response.status_code == 400, response.text
     assert "not valid JSON" in not_json.json()["error"]
-    assert no_hash.status_code == 400
-    assert no_hash.json()["error"] == (
-        "malformed webhook: Object missing required field `hash` - at `$.event.activity[0]`"
-    )
-    assert nul_in_string.status_code == 400, nul_in_string.text
+    assert no_event.json()["error"] == "malformed webhook: Object missing required field `event`"
+    assert "at `$.event`" in event_not_object.json()["error"]
+    assert no_id.json()["error"] == "malformed webhook: Object missing required field `id`"
     assert await _nothing_written(db)
-    assert metrics.delta("webhook_requests_total", outcome="malformed") == 3
+    assert metrics.delta("webhook_requests_total", outcome="malformed") == 4
 
 
 async def test_too_large_is_413_and_counted(app_factory: Any, db: asyncpg.Connection) -> None:

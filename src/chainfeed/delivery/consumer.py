@@ -208,7 +208,8 @@ class Consumer:
                 raise PoisonEntry(f"user {item.user_id} does not exist")
             item_id, seq, created_at = stored.item_id, stored.seq, stored.created_at.isoformat()
         frame = encode_frame(item_id=item_id, seq=seq, user_id=item.user_id, created_at=created_at,
-                             type_=item.type, payload_json=item.payload_json)  # fmt: skip
+                             type_=item.type, payload_json=item.payload_json,
+                             ref=item.ref if item.persisted else None)  # fmt: skip
         return Prepared(user_channel(item.user_id), item_id, seq, entry_ms, frame, context)
 
     def _remember(self, entry_id: str, error: str) -> None:

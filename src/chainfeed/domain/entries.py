@@ -36,6 +36,8 @@ class StreamItem:
     #: The item's position in its user's feed (the relay's entries; None for a hand XADD).
     seq: int | None
     created_at: str | None
+    #: The item a ``transaction_updated`` entry updates (the relay's entries only).
+    ref: int | None = None
 
     @property
     def persisted(self) -> bool:
@@ -49,6 +51,7 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamItem:
     assert user_id is not None
     feed_item_id = _decimal(fields.get("feed_item_id"), "feed_item_id", required=False)
     seq = _decimal(fields.get("seq"), "seq", required=False)
+    ref = _decimal(fields.get("ref"), "ref", required=False)
     type_ = fields.get("type") or FEED_ITEM_TYPE
     if len(type_) > MAX_TYPE_LENGTH:
         raise PoisonEntry(f"type is longer than {MAX_TYPE_LENGTH} characters")
@@ -64,6 +67,7 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamItem:
         feed_item_id=feed_item_id,
         seq=seq,
         created_at=fields.get("created_at") or None,
+        ref=ref,
     )
 
 

@@ -104,7 +104,14 @@ class Resume:
 
 
 def encode_frame(
-    *, item_id: int, seq: int | None, user_id: int, created_at: str, type_: str, payload_json: str
+    *,
+    item_id: int,
+    seq: int | None,
+    user_id: int,
+    created_at: str,
+    type_: str,
+    payload_json: str,
+    ref: int | None = None,
 ) -> str:
     """The frame's JSON text; the payload is embedded as written (validated upstream, not re-encoded)."""
     frame = feed_frame(
@@ -114,6 +121,7 @@ def encode_frame(
         created_at=created_at,
         payload=msgspec.Raw(payload_json.encode()),
         type_=type_,
+        ref=ref,
     )
     return msgspec.json.encode(frame).decode()
 

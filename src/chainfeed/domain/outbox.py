@@ -1,8 +1,9 @@
 """An outbox entry (a committed feed item not yet on the stream) and its stream-entry fields.
 
 The fields are the contract with the delivery side (../shared/SPEC.md, "Redis stream message"):
-``user_id``, ``feed_item_id`` and ``seq`` as decimal strings, ``type``, ``payload`` as the JSON text of the
-stored payload, ``created_at`` in ISO 8601; the publisher adds ``traceparent``/``tracestate``.
+``user_id``, ``feed_item_id``, ``seq`` (and ``ref`` for an update) as decimal strings, ``type``,
+``payload`` as the JSON text of the stored payload, ``created_at`` in ISO 8601; the publisher
+adds ``traceparent``/``tracestate``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class OutboxItem:
     #: Trace context of the ingest that created the item (None for items made elsewhere).
     traceparent: str | None = None
     tracestate: str | None = None
+    #: The item a ``transaction_updated`` item updates (None for every other type).
+    ref: int | None = None
 
     @property
     def trace_carrier(self) -> dict[str, str]:
@@ -39,7 +42,7 @@ class OutboxItem:
 
 def stream_fields(item: OutboxItem) -> dict[str, str]:
     """The stream entry for ``item``, without trace fields (the publisher injects its own span's)."""
-    return {
+    fields = {
         "user_id": str(item.user_id),
         "type": item.type,
         "payload": item.payload,
@@ -47,3 +50,6 @@ def stream_fields(item: OutboxItem) -> dict[str, str]:
         "seq": str(item.seq),
         "created_at": item.created_at.isoformat(),
     }
+    if item.ref is not None:
+        fields["ref"] = str(item.ref)
+    return fields

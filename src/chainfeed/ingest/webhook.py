@@ -3,12 +3,17 @@
 Order of checks, cheapest and least trusting first:
 
 1. signature over the raw bytes (401 ``bad_signature``), before any parsing;
-2. shape (400 ``malformed``, naming the JSON path);
+2. shape (400 ``malformed``, naming the JSON path) only for a body that is not a delivery at all;
+   an activity the parser cannot use is quarantined and the rest stored (200);
 3. a capacity-limit notice (``event.error``, no activity) is accepted, logged, counted, stored nowhere;
 4. Redis must answer a PING (503 ``unavailable``) *before* anything is written: items committed
    during an outage could not reach anyone, and Alchemy will retry the delivery anyway;
-5. one idempotent PostgreSQL statement (503 if PostgreSQL is unreachable, nothing half-written);
+5. one idempotent PostgreSQL transaction (503 if PostgreSQL is unreachable or has not answered
+   within ``STORE_TIMEOUT``, nothing half-written);
 6. wake the outbox relay, which publishes to the stream after the commit.
+
+Alchemy gives up on an answer after 5 s: the Redis probe (1 s) and the store (``STORE_TIMEOUT``)
+answer 503 well before that, so Alchemy retries instead of counting a timeout.
 
 A Redis outage that starts between steps 4 and 6 loses nothing: the items are committed with
 ``feed_outbox`` and the relay publishes them once Redis is back.
@@ -19,21 +24,23 @@ Every request counts once in ``webhook_requests_total{outcome}``; the body's siz
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chainfeed.broker.probe import RedisProbe
-from chainfeed.domain.alchemy import Webhook, metric_category, parse_webhook
+from chainfeed.domain.alchemy import QUARANTINE_REASONS, Quarantined, Webhook, metric_category, parse_webhook
 from chainfeed.domain.signature import signature_valid
 from chainfeed.errors import AuthError, UnavailableError, ValidationError
 from chainfeed.ingest.relay import OutboxRelay
 from chainfeed.observability.metrics import (
     ACTIVITIES_INGESTED,
+    ACTIVITIES_QUARANTINED,
     FEED_ITEMS_CREATED,
     STAGE_DURATION,
     WEBHOOK_REQUESTS,
@@ -42,21 +49,32 @@ from chainfeed.observability.tracing import inject_context, tracer
 from chainfeed.storage.ingest import StoredWebhook, store_webhook
 from chainfeed.storage.pool import POSTGRES_DOWN, InputRefused, Pool
 
-__all__ = ["IngestResult", "ingest_webhook", "reject_too_large"]
+__all__ = ["STORE_TIMEOUT", "IngestResult", "ingest_webhook", "reject_too_large"]
 
 log = structlog.get_logger(__name__)
+
+# Every reason is exported at 0 from start-up, so an alert's increase() sees the first one.
+for _reason in QUARANTINE_REASONS:
+    ACTIVITIES_QUARANTINED.labels(reason=_reason)
+
+#: Seconds the database write may take (pool wait included) before the delivery is answered 503.
+STORE_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """The webhook's answer: activities received, feed items created by this delivery."""
+    """The webhook's answer: activities received, feed items created, activities quarantined."""
 
     activities: int
     new_feed_items: int
+    quarantined: int = 0
 
     def as_json(self) -> dict[str, int]:
-        """``{"activities": n, "new_feed_items": m}`` (SPEC)."""
-        return {"activities": self.activities, "new_feed_items": self.new_feed_items}
+        """``{"activities": n, "new_feed_items": m}`` (SPEC), with ``quarantined`` when any were."""
+        body = {"activities": self.activities, "new_feed_items": self.new_feed_items}
+        if self.quarantined:
+            body["quarantined"] = self.quarantined
+        return body
 
 
 def reject_too_large(size: int | None, limit: int) -> None:
@@ -92,7 +110,7 @@ async def ingest_webhook(
             bound.enter_context(structlog.contextvars.bound_contextvars(event_id=webhook.event_id))
             span.set_attribute("alchemy.event_id", webhook.event_id)
             span.set_attribute("alchemy.activity_count", webhook.activity_count)
-            if webhook.notice is not None and not webhook.transfers:
+            if webhook.notice is not None and not webhook.transfers and not webhook.quarantined:
                 WEBHOOK_REQUESTS.labels(outcome="accepted").inc()
                 log.warning("webhook notice", notice=webhook.notice)
                 return IngestResult(activities=0, new_feed_items=0)
@@ -100,14 +118,36 @@ async def ingest_webhook(
                 _reject("unavailable", part="redis")
                 span.set_status(Status(StatusCode.ERROR, "redis unavailable"))
                 raise UnavailableError("redis")
-            stored = await _store(pool, webhook)
+            webhook, stored = await _store(pool, webhook)
         if stored.new_feed_items:
             relay.wake()
         _accepted(webhook, stored, elapsed=time.perf_counter() - started)
-        return IngestResult(activities=webhook.activity_count, new_feed_items=stored.new_feed_items)
+        return IngestResult(activities=webhook.activity_count, new_feed_items=stored.new_feed_items,
+                            quarantined=len(webhook.quarantined))  # fmt: skip
 
 
-async def _store(pool: Pool, webhook: Webhook) -> StoredWebhook:
+async def _store(pool: Pool, webhook: Webhook) -> tuple[Webhook, StoredWebhook]:
+    """Store the delivery; if PostgreSQL refuses a value the parser let through, store it again
+    with every activity quarantined (``refused_by_database``): never a 400 for content."""
+    try:
+        return webhook, await _write(pool, webhook)
+    except InputRefused as exc:
+        log.warning("webhook refused by the database, quarantined whole", error=str(exc))
+        quarantined = tuple(
+            Quarantined(q.position, "refused_by_database", f"PostgreSQL refused it: {exc}", q.raw)
+            for q in _everything(webhook)
+        )
+        webhook = replace(webhook, transfers=(), quarantined=quarantined)
+        return webhook, await _write(pool, webhook)
+
+
+def _everything(webhook: Webhook) -> list[Quarantined]:
+    """Every activity of the delivery as a quarantine entry (its position, its raw text)."""
+    stored = [Quarantined(t.position, "", "", bytes(t.raw).decode()) for t in webhook.transfers]
+    return sorted([*webhook.quarantined, *stored], key=lambda q: q.position)
+
+
+async def _write(pool: Pool, webhook: Webhook) -> StoredWebhook:
     """The database write, in a CLIENT span whose context the new feed items keep for the relay."""
     started = time.perf_counter()
     with tracer.start_as_current_span(
@@ -121,17 +161,17 @@ async def _store(pool: Pool, webhook: Webhook) -> StoredWebhook:
     ) as span:
         context = inject_context({})
         try:
-            stored = await store_webhook(
-                pool, webhook, traceparent=context.get("traceparent"), tracestate=context.get("tracestate")
-            )
+            async with asyncio.timeout(STORE_TIMEOUT):
+                stored = await store_webhook(
+                    pool,
+                    webhook,
+                    traceparent=context.get("traceparent"),
+                    tracestate=context.get("tracestate"),
+                )
         except POSTGRES_DOWN as exc:
             _reject("unavailable", part="postgres", error=repr(exc))
             span.set_status(Status(StatusCode.ERROR, "postgres unavailable"))
             raise UnavailableError("postgres") from None
-        except InputRefused as exc:
-            # A value PostgreSQL refuses (e.g. a \\u0000 inside a string): the input's fault, not ours.
-            _reject("malformed", reason=str(exc))
-            raise ValidationError(f"malformed webhook: {exc}") from None
     STAGE_DURATION.labels(stage="db_write").observe(time.perf_counter() - started)
     return stored
 
@@ -143,6 +183,14 @@ def _accepted(webhook: Webhook, stored: StoredWebhook, *, elapsed: float) -> Non
         ACTIVITIES_INGESTED.labels(category=category).inc(count)
     if stored.new_feed_items:
         FEED_ITEMS_CREATED.inc(stored.new_feed_items)
+    for reason, count in Counter(stored.quarantined).items():
+        ACTIVITIES_QUARANTINED.labels(reason=reason).inc(count)
+    if webhook.quarantined:
+        # One line per delivery (its event id is bound): where and why, never the values.
+        log.warning("activities quarantined", webhook_id=webhook.webhook_id, network=webhook.network,
+                    quarantined=[{"position": q.position, "reason": q.reason, "detail": q.detail}
+                                 for q in webhook.quarantined[:20]],
+                    count=len(webhook.quarantined), new=len(stored.quarantined))  # fmt: skip
     STAGE_DURATION.labels(stage="ingest").observe(elapsed)
     log.info(
         "webhook ingested",
@@ -152,6 +200,8 @@ def _accepted(webhook: Webhook, stored: StoredWebhook, *, elapsed: float) -> Non
         new_transfers=stored.new_transfers,
         updated_transfers=stored.updated_transfers,
         new_feed_items=stored.new_feed_items,
+        update_items=stored.update_items,
+        quarantined=len(webhook.quarantined),
         deliveries=stored.deliveries,
         duration_ms=round(elapsed * 1000, 2),
         **({"notice": webhook.notice} if webhook.notice else {}),

@@ -11,6 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ACTIVITIES_INGESTED",
+    "ACTIVITIES_QUARANTINED",
     "ALCHEMY_SYNC_LAST_SUCCESS",
     "ALCHEMY_SYNC_PENDING",
     "ALCHEMY_SYNC_REQUESTS",
@@ -95,6 +96,11 @@ WEBHOOK_REQUESTS = Counter(
     ["outcome"],
 )
 ACTIVITIES_INGESTED = Counter("webhook_activities_total", "Alchemy activities ingested.", ["category"])
+ACTIVITIES_QUARANTINED = Counter(
+    "webhook_activities_quarantined_total",
+    "Alchemy activities kept in quarantine (stored raw, not used) by reason; counted once per activity.",
+    ["reason"],
+)
 FEED_ITEMS_CREATED = Counter("feed_items_created_total", "Feed items committed to PostgreSQL.")
 OUTBOX_BACKLOG = Gauge(
     "outbox_backlog", "Committed feed items not yet published to the stream.", multiprocess_mode="max"

@@ -14,7 +14,7 @@ from chainfeed.domain.feed import feed_frame
 
 __all__ = ["feed_after", "feed_page", "start_position"]
 
-_COLUMNS = "id, seq, user_id, type, payload, created_at"
+_COLUMNS = "id, seq, ref, user_id, type, payload, created_at"
 
 
 def _frame(row: asyncpg.Record) -> dict[str, Any]:
@@ -25,6 +25,7 @@ def _frame(row: asyncpg.Record) -> dict[str, Any]:
         created_at=row["created_at"],
         payload=row["payload"],
         type_=row["type"],
+        ref=row["ref"],
     )
 
 

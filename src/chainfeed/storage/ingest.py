@@ -1,20 +1,28 @@
-"""Idempotent storage of one webhook: event, transfers and the watchers' feed items in one statement.
+"""Idempotent storage of one webhook: event, transfers, quarantine and the watchers' feed items.
 
-One round trip and one implicit transaction per webhook, whatever its size: the transfers travel
-as one JSON document expanded by ``jsonb_to_recordset``, and data-modifying CTEs upsert the
-transfers, find the watchers of either side, and insert their feed items and the items' ids in
-``feed_outbox`` (what the relay publishes). Either all of it commits or none of it does.
+One transaction per webhook, and for the usual delivery one statement in it: the transfers travel
+as one JSON document expanded by ``jsonb_to_recordset``, and data-modifying CTEs record the event
+and the quarantined activities, upsert the transfers, find the watchers of either side, and
+insert their feed items and the items' ids in ``feed_outbox`` (what the relay publishes).
 
-Idempotency lives in the unique keys: ``transactions (network, hash, transfer_key)`` and
-``feed_items (user_id, transaction_id)``. A repeated transfer creates nothing; feed items are only
-made for transfers this statement inserted (and not already removed by a re-org), so a retry after
-a user started watching does not resurface an old transfer as "new".
+Idempotency lives in the unique keys: ``transactions (network, hash, transfer_key)``, one
+``feed_items`` row per (transfer, user) that is not an update (``ref IS NULL``), and
+``quarantined_activities (event_id, position)``. A repeated transfer creates nothing.
 
-Re-orgs update the stored row instead of adding one (and the stored feed item payloads follow):
+Re-orgs update the stored row instead of adding one (docs/design/ingest.md):
 
-- ``removed: true`` for the block the row is in (or with no block hash to compare) marks it removed;
-- a different block hash (re-included elsewhere) moves it there and clears ``removed``;
-- a stale copy (``removed: false`` for the block it was already removed from) changes nothing.
+- ``removed: true`` for the block the row is in (or with no block hash to compare) marks it
+  removed (``removed``) and remembers that block in ``left_blocks``; for another block it only
+  remembers that block (``noted``);
+- a block hash the row has never left places it there (``restored`` when it was removed, ``moved``
+  when it was in another block, ``located`` when it had none), and the old block joins ``left_blocks``;
+- a copy for a block in ``left_blocks`` (a late retry of the original) changes nothing.
+
+An item is made when a transfer is new and not removed, or restored, for each watcher without
+one. A change to a transfer already in feeds runs a second statement in the same transaction,
+with a snapshot taken after the row lock (so it sees items a concurrent delivery committed):
+the items' payloads follow, and for ``removed``/``restored``/``moved`` each gets a
+``transaction_updated`` item (``ref``: the item it updates), published like any other.
 
 Rows are upserted in natural-key order so concurrent webhooks lock them in the same order
 (no deadlocks); feed items get their ids in payload order.
@@ -27,23 +35,48 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
-from chainfeed.domain.alchemy import Transfer, Webhook
+from chainfeed.domain.alchemy import Quarantined, Transfer, Webhook
+from chainfeed.storage.outbox import Connection
 
-__all__ = ["StoredWebhook", "store_webhook"]
+__all__ = ["StoredWebhook", "store_transfers", "store_webhook"]
 
-_STORE = """
-WITH event AS (
+# Conditions on an incoming copy (EXCLUDED) of a stored transfer (t); see the module docstring.
+_REMOVES = (
+    "(EXCLUDED.removed AND NOT t.removed AND (EXCLUDED.block_hash IS NULL OR t.block_hash IS NULL"
+    " OR EXCLUDED.block_hash = t.block_hash))"
+)
+_NOTES = (
+    "(EXCLUDED.removed AND EXCLUDED.block_hash <> t.block_hash"
+    " AND NOT EXCLUDED.block_hash = ANY(t.left_blocks))"
+)
+_PLACES = (
+    "(NOT EXCLUDED.removed AND EXCLUDED.block_hash IS DISTINCT FROM t.block_hash"
+    " AND EXCLUDED.block_hash IS NOT NULL AND NOT EXCLUDED.block_hash = ANY(t.left_blocks))"
+)
+
+_EVENT = """
+event AS (
     INSERT INTO webhook_events AS e (id, webhook_id, type, network, activity_count)
     VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (id) DO UPDATE SET deliveries = e.deliveries + 1, last_seen_at = now()
     RETURNING deliveries
 ),
+quarantine AS (
+    INSERT INTO quarantined_activities (event_id, position, network, reason, detail, raw)
+    SELECT $1, q.position, $4, q.reason, q.detail, q.raw
+    FROM unnest($9::integer[], $10::text[], $11::text[], $12::text[]) AS q (position, reason, detail, raw)
+    ON CONFLICT (event_id, position) DO NOTHING
+    RETURNING reason
+),"""
+
+# The transfers, their items and outbox rows; {rows}, {traceparent}, {tracestate} name parameters.
+_TRANSFERS = f"""
 input AS (
-    -- One element per transfer: [transfer_key, payload, the transfer as the parser made it].
-    SELECT r.ord, r.item->>0 AS transfer_key, r.item->1 AS payload, i.*
-    FROM jsonb_array_elements($6::text::jsonb) WITH ORDINALITY AS r (item, ord)
-    CROSS JOIN LATERAL jsonb_to_record(r.item->2) AS i (
-        network text, hash text, category text, from_address text, to_address text,
+    -- One element per transfer: [hash, transfer_key, payload, the transfer as the parser made it].
+    SELECT r.ord, r.item->>0 AS hash, r.item->>1 AS transfer_key, r.item->2 AS payload, i.*
+    FROM jsonb_array_elements({{rows}}::text::jsonb) WITH ORDINALITY AS r (item, ord)
+    CROSS JOIN LATERAL jsonb_to_record(r.item->3) AS i (
+        network text, category text, from_address text, to_address text,
         value double precision, asset text, block_num bigint, block_hash text, removed boolean, raw jsonb)
 ),
 upserted AS (
@@ -53,32 +86,27 @@ upserted AS (
            value, asset, block_num, block_hash, removed, raw
     FROM input ORDER BY network, hash, transfer_key
     ON CONFLICT (network, hash, transfer_key) DO UPDATE SET
-        removed = EXCLUDED.removed,
-        block_hash = COALESCE(EXCLUDED.block_hash, t.block_hash),
-        block_num = COALESCE(EXCLUDED.block_num, t.block_num),
-        raw = EXCLUDED.raw,
+        last_change = CASE WHEN {_REMOVES} THEN 'removed'
+                           WHEN {_PLACES} AND t.removed THEN 'restored'
+                           WHEN {_PLACES} AND t.block_hash IS NOT NULL THEN 'moved'
+                           WHEN {_PLACES} THEN 'located'
+                           ELSE 'noted' END,
+        removed = CASE WHEN {_REMOVES} THEN true WHEN {_PLACES} THEN false ELSE t.removed END,
+        block_hash = CASE WHEN {_PLACES} THEN EXCLUDED.block_hash
+                          ELSE COALESCE(t.block_hash, EXCLUDED.block_hash) END,
+        block_num = CASE WHEN {_PLACES} THEN COALESCE(EXCLUDED.block_num, t.block_num)
+                         ELSE COALESCE(t.block_num, EXCLUDED.block_num) END,
+        left_blocks = CASE
+            WHEN {_REMOVES} AND COALESCE(t.block_hash, EXCLUDED.block_hash) IS NOT NULL
+                THEN t.left_blocks || COALESCE(t.block_hash, EXCLUDED.block_hash)
+            WHEN {_NOTES} THEN t.left_blocks || EXCLUDED.block_hash
+            WHEN {_PLACES} AND t.block_hash IS NOT NULL AND NOT t.block_hash = ANY(t.left_blocks)
+                THEN t.left_blocks || t.block_hash
+            ELSE t.left_blocks END,
+        raw = CASE WHEN {_NOTES} THEN t.raw ELSE EXCLUDED.raw END,
         updated_at = now()
-    WHERE (EXCLUDED.removed AND NOT t.removed
-           AND (EXCLUDED.block_hash IS NULL OR t.block_hash IS NULL OR EXCLUDED.block_hash = t.block_hash))
-       OR (NOT EXCLUDED.removed AND EXCLUDED.block_hash IS DISTINCT FROM t.block_hash
-           AND EXCLUDED.block_hash IS NOT NULL)
-       OR (NOT EXCLUDED.removed AND EXCLUDED.block_hash IS NULL AND t.block_hash IS NULL
-           AND EXCLUDED.block_num IS DISTINCT FROM t.block_num AND EXCLUDED.block_num IS NOT NULL)
-    RETURNING t.id, t.network, t.hash, t.transfer_key, t.removed, t.block_hash, t.block_num,
-              (t.xmax = 0) AS inserted
-),
-reorged AS (
-    -- The items of a re-orged transfer, found through its watchers and the unique
-    -- (user_id, transaction_id) index; a user who has stopped watching keeps the old payload.
-    UPDATE feed_items f
-    SET payload = f.payload || jsonb_build_object(
-        'removed', u.removed, 'block_hash', u.block_hash, 'block_num', u.block_num)
-    FROM upserted u
-    JOIN input i USING (network, hash, transfer_key)
-    CROSS JOIN LATERAL (VALUES (i.from_address), (i.to_address)) AS side (address)
-    JOIN watched_addresses w ON w.address = side.address
-    WHERE NOT u.inserted AND f.user_id = w.user_id AND f.transaction_id = u.id
-    RETURNING f.id
+    WHERE {_REMOVES} OR {_NOTES} OR {_PLACES}
+    RETURNING t.id, t.network, t.hash, t.transfer_key, t.removed, t.last_change, (t.xmax = 0) AS inserted
 ),
 matches AS (
     SELECT DISTINCT ON (w.user_id, u.id)
@@ -87,7 +115,7 @@ matches AS (
     JOIN input i USING (network, hash, transfer_key)
     CROSS JOIN LATERAL (VALUES (i.from_address), (i.to_address)) AS side (address)
     JOIN watched_addresses w ON w.address = side.address
-    WHERE u.inserted AND NOT u.removed
+    WHERE NOT u.removed AND (u.inserted OR u.last_change = 'restored')
     -- A user watching both sides gets one item, told from the sender's side.
     ORDER BY w.user_id, u.id, (w.address = i.from_address) DESC
 ),
@@ -100,61 +128,141 @@ items AS (
                                  WHEN address = from_address THEN 'out' ELSE 'in' END,
                'counterparty', CASE WHEN address = from_address THEN to_address ELSE from_address END)
     FROM matches ORDER BY ord, user_id
-    ON CONFLICT (user_id, transaction_id) DO NOTHING
+    ON CONFLICT (transaction_id, user_id) WHERE ref IS NULL DO NOTHING
     RETURNING id
 ),
 outboxed AS (
-    INSERT INTO feed_outbox (feed_item_id, traceparent, tracestate) SELECT id, $7, $8 FROM items
-)
+    INSERT INTO feed_outbox (feed_item_id, traceparent, tracestate)
+    SELECT id, {{traceparent}}, {{tracestate}} FROM items
+)"""  # noqa: S608 - built from this module's constants
+
+_STORE = f"""
+WITH {_EVENT}
+{_TRANSFERS.format(rows="$6", traceparent="$7", tracestate="$8")}
 SELECT (SELECT deliveries FROM event) AS deliveries,
        (SELECT count(*) FROM upserted WHERE inserted) AS inserted,
-       (SELECT count(*) FROM upserted WHERE NOT inserted) AS updated,
-       (SELECT count(*) FROM reorged) AS reorged_items,
-       (SELECT count(*) FROM items) AS new_feed_items
+       (SELECT count(*) FROM upserted WHERE NOT inserted AND last_change <> 'noted') AS updated,
+       (SELECT array_agg(id) FROM items) AS new_items,
+       (SELECT array_agg(id) FROM upserted WHERE NOT inserted AND last_change <> 'noted') AS changed,
+       (SELECT array_agg(reason) FROM quarantine) AS quarantined
+"""  # noqa: S608
+
+# Replaying quarantined activities: the same transfer statement, without counting a delivery.
+_REPLAY = f"""
+WITH {_TRANSFERS.format(rows="$1", traceparent="$2", tracestate="$3")}
+SELECT 1 AS deliveries,
+       (SELECT count(*) FROM upserted WHERE inserted) AS inserted,
+       (SELECT count(*) FROM upserted WHERE NOT inserted AND last_change <> 'noted') AS updated,
+       (SELECT array_agg(id) FROM items) AS new_items,
+       (SELECT array_agg(id) FROM upserted WHERE NOT inserted AND last_change <> 'noted') AS changed,
+       NULL::text[] AS quarantined
+"""  # noqa: S608
+
+# The items of transfers a re-org changed ($1), but those made by this delivery ($2): their
+# payloads take the new state, and a removal, restoration or move adds a transaction_updated item.
+_REORG = """
+WITH changed AS (
+    SELECT id, removed, block_hash, block_num, last_change FROM transactions WHERE id = ANY($1::bigint[])
+),
+existing AS (
+    SELECT f.id, f.user_id, f.transaction_id, c.last_change,
+           f.payload || jsonb_build_object(
+               'removed', c.removed, 'block_hash', c.block_hash, 'block_num', c.block_num) AS payload
+    FROM changed c JOIN feed_items f ON f.transaction_id = c.id AND f.ref IS NULL
+    WHERE NOT f.id = ANY($2::bigint[])
+),
+refreshed AS (
+    UPDATE feed_items f SET payload = e.payload FROM existing e WHERE f.id = e.id
+),
+updates AS (
+    INSERT INTO feed_items (user_id, transaction_id, type, ref, payload)
+    SELECT user_id, transaction_id, 'transaction_updated', id, payload
+    FROM existing WHERE last_change IN ('removed', 'restored', 'moved')
+    ORDER BY id
+    RETURNING id
+),
+outboxed AS (
+    INSERT INTO feed_outbox (feed_item_id, traceparent, tracestate) SELECT id, $3, $4 FROM updates
+)
+SELECT (SELECT count(*) FROM existing) AS refreshed, (SELECT count(*) FROM updates) AS updates
 """
 
 
 @dataclass(frozen=True, slots=True)
 class StoredWebhook:
-    """What one webhook changed: new and re-org-updated transfers, new feed items, delivery count."""
+    """What one webhook changed: transfers new and re-orged, items, quarantine, delivery count."""
 
     deliveries: int
     new_transfers: int
     updated_transfers: int
     new_feed_items: int
+    #: ``transaction_updated`` items made for transfers already in feeds.
+    update_items: int = 0
+    #: The reasons of activities quarantined for the first time by this delivery.
+    quarantined: tuple[str, ...] = ()
 
 
 _encoder = msgspec.json.Encoder()
 
 
-def _rows(transfers: tuple[Transfer, ...]) -> bytes:
+def _rows(transfers: tuple[Transfer, ...]) -> str:
     """The transfers for ``jsonb_array_elements``: each with its key and the payload watchers see."""
-    return _encoder.encode([(t.transfer_key, t.payload(), t) for t in transfers])
+    return _encoder.encode([(t.hash_key, t.transfer_key, t.payload(), t) for t in transfers]).decode()
+
+
+def _quarantine_columns(
+    entries: tuple[Quarantined, ...],
+) -> tuple[list[int], list[str], list[str], list[str]]:
+    """Positions, reasons, details and raw texts as four arrays, for ``unnest``."""
+    positions = [q.position for q in entries]
+    return positions, [q.reason for q in entries], [q.detail for q in entries], [q.raw for q in entries]
 
 
 async def store_webhook(
     pool: asyncpg.Pool, webhook: Webhook, *, traceparent: str | None = None, tracestate: str | None = None
 ) -> StoredWebhook:
-    """Record ``webhook`` and create its feed items, atomically and idempotently (one round trip).
+    """Record ``webhook`` and create its feed items, atomically and idempotently.
 
     ``traceparent``/``tracestate`` are kept with the new items' outbox rows, so their publication
     joins the trace of this ingest.
     """
-    row = await pool.fetchrow(
-        _STORE,
-        webhook.event_id,
-        webhook.webhook_id,
-        webhook.type,
-        webhook.network,
-        webhook.activity_count,
-        _rows(webhook.transfers).decode(),
+    envelope = (webhook.event_id, webhook.webhook_id, webhook.type, webhook.network, webhook.activity_count)
+    args = (
+        *envelope,
+        _rows(webhook.transfers),
         traceparent,
         tracestate,
+        *_quarantine_columns(webhook.quarantined),
     )
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(_STORE, *args)
+        assert row is not None
+        return await _finish(conn, row, traceparent, tracestate)
+
+
+async def store_transfers(
+    conn: Connection, transfers: tuple[Transfer, ...], *, traceparent: str | None = None
+) -> StoredWebhook:
+    """Store transfers outside a delivery (a quarantine replay), in the caller's transaction."""
+    row = await conn.fetchrow(_REPLAY, _rows(transfers), traceparent, None)
     assert row is not None
+    return await _finish(conn, row, traceparent, None)
+
+
+async def _finish(
+    conn: Connection, row: asyncpg.Record, traceparent: str | None, tracestate: str | None
+) -> StoredWebhook:
+    new_items = list(row["new_items"] or ())
+    updates = 0
+    if row["changed"]:
+        reorg = await conn.fetchrow(_REORG, row["changed"], new_items, traceparent, tracestate)
+        assert reorg is not None
+        updates = int(reorg["updates"])
     return StoredWebhook(
         deliveries=row["deliveries"],
         new_transfers=row["inserted"],
         updated_transfers=row["updated"],
-        new_feed_items=row["new_feed_items"],
+        new_feed_items=len(new_items) + updates,
+        update_items=updates,
+        quarantined=tuple(row["quarantined"] or ()),
     )

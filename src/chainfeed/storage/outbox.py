@@ -76,7 +76,7 @@ numbered AS (
     WHERE f.id = fresh.id
     RETURNING f.id, f.seq
 )
-SELECT l.feed_item_id AS id, f.user_id, f.type, f.payload::text AS payload, f.created_at,
+SELECT l.feed_item_id AS id, f.user_id, f.type, f.ref, f.payload::text AS payload, f.created_at,
        COALESCE(n.seq, f.seq) AS seq, l.traceparent, l.tracestate
 FROM leased l
 LEFT JOIN feed_items f ON f.id = l.feed_item_id
@@ -111,6 +111,7 @@ async def take_batch(
             created_at=row["created_at"],
             traceparent=row["traceparent"],
             tracestate=row["tracestate"],
+            ref=row["ref"],
         )
         for row in rows
         if row["user_id"] is not None
