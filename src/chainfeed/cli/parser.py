@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _simulate(sub)
     _stream(sub)
+    _quarantine(sub)
     _alchemy(sub)
     return parser
 
@@ -120,6 +121,24 @@ def _stream(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     purge = dlq_actions.add_parser("purge", help="delete every dead letter")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     purge.set_defaults(handler=f"{ops}:purge_command")
+
+
+def _quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ops = "chainfeed.cli.quarantine"
+    quarantine = sub.add_parser(
+        "quarantine", help="Alchemy activities the parser could not use: list, replay"
+    )
+    actions = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="show quarantined activities, oldest first")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--json", action="store_true", help="print JSON (with the raw activity)")
+    listing.set_defaults(handler=f"{ops}:list_command")
+    replay = actions.add_parser("replay", help="run the current parser on them again; store what is usable")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", action="append", dest="ids", metavar="ID", type=int,
+                       help="a quarantined activity's id from `list` (repeatable)")  # fmt: skip
+    which.add_argument("--all", action="store_true", help="every quarantined activity")
+    replay.set_defaults(handler=f"{ops}:replay_command")
 
 
 def _alchemy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
