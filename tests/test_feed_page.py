@@ -60,29 +60,15 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     await context.close()
 
 
-async def _send_webhook(app: RunningApp, *, to: str, frm: str, value: float, asset: str) -> None:
-    """A signed Alchemy ADDRESS_ACTIVITY webhook with one external transfer."""
+async def _post_activities(app: RunningApp, *activities: dict[str, Any]) -> None:
+    """A signed Alchemy ADDRESS_ACTIVITY webhook (a new event id each time) with ``activities``."""
     body = json.dumps(
         {
             "webhookId": "wh_page_test",
             "id": f"whevt_{secrets.token_hex(8)}",
             "createdAt": "2026-11-27T12:00:00.000Z",
             "type": "ADDRESS_ACTIVITY",
-            "event": {
-                "network": "ETH_MAINNET",
-                "activity": [
-                    {
-                        "blockNum": "0xdf34a3",
-                        "hash": "0x" + secrets.token_hex(32),
-                        "fromAddress": frm,
-                        "toAddress": to,
-                        "value": value,
-                        "asset": asset,
-                        "category": "external",
-                        "rawContract": {"rawValue": "0x0", "decimals": 18},
-                    }
-                ],
-            },
+            "event": {"network": "ETH_MAINNET", "activity": list(activities)},
         }
     ).encode()
     signature = hmac.new(SIGNING_KEY.encode(), body, hashlib.sha256).hexdigest()
@@ -92,6 +78,64 @@ async def _send_webhook(app: RunningApp, *, to: str, frm: str, value: float, ass
         headers={"content-type": "application/json", "x-alchemy-signature": signature},
     )
     assert response.status_code == 200, response.text
+
+
+async def _send_webhook(app: RunningApp, *, to: str, frm: str, value: float, asset: str) -> None:
+    """A signed Alchemy ADDRESS_ACTIVITY webhook with one external transfer."""
+    await _post_activities(
+        app,
+        {
+            "blockNum": "0xdf34a3",
+            "hash": "0x" + secrets.token_hex(32),
+            "fromAddress": frm,
+            "toAddress": to,
+            "value": value,
+            "asset": asset,
+            "category": "external",
+            "rawContract": {"rawValue": "0x0", "decimals": 18},
+        },
+    )
+
+
+USDC = "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"
+BLOCK_1 = "0x" + "b1" * 32
+BLOCK_2 = "0x" + "b2" * 32
+
+
+def _token_transfer(tx: str, *, block_hash: str, removed: bool, block_num: int = 0xDF34A3) -> dict[str, Any]:
+    """A USDC transfer to the watched address, log index 4, as mined in (or removed from) a block."""
+    return {
+        "blockNum": hex(block_num),
+        "hash": tx,
+        "fromAddress": OTHER,
+        "toAddress": WATCHED,
+        "value": 42.5,
+        "asset": "USDC",
+        "category": "token",
+        "rawContract": {"rawValue": "0x2887a20", "address": USDC, "decimals": 6},
+        "log": {
+            "address": USDC,
+            "topics": ["0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"],
+            "data": "0x",
+            "blockNumber": hex(block_num),
+            "transactionHash": tx,
+            "blockHash": block_hash,
+            "logIndex": "0x4",
+            "removed": removed,
+        },
+    }
+
+
+async def _open_feed_watching(page: Page, app: RunningApp) -> str:
+    """A new user watching WATCHED, with the page open on their feed and connected; their token."""
+    token = str((await app.register())["access_token"])
+    response = await app.http.post("/api/addresses", json={"address": WATCHED}, headers=app.auth(token))
+    assert response.status_code in (200, 201), response.text
+    await page.goto(f"{app.base_url}/feed")
+    await page.evaluate("token => localStorage.setItem('auth_token', token)", token)
+    await page.reload()
+    await expect(page.locator("#status-text")).to_have_text("Connected", timeout=10_000)
+    return token
 
 
 async def _log_in_through_the_page(page: Page, app: RunningApp) -> None:
@@ -183,3 +227,83 @@ async def test_expired_token_stops_reconnecting_and_asks_to_log_in(page: Page, a
     await page.wait_for_timeout(5000)
     assert len(sockets) == opened, "the page kept reconnecting with an expired token"
     assert await page.evaluate("localStorage.getItem('auth_token')") is None
+
+
+REMOVED = re.compile(r"(^|\s)removed(\s|$)")
+
+
+async def test_a_reorg_strikes_the_row_through_and_a_reinclusion_restores_it(
+    page: Page, app: RunningApp
+) -> None:
+    await _open_feed_watching(page, app)
+    tx = "0x" + secrets.token_hex(32)
+    rows = page.locator("#feed li")
+    row = page.locator("#feed li", has=page.locator(f'a[href$="/tx/{tx}"]'))
+
+    await _post_activities(app, _token_transfer(tx, block_hash=BLOCK_1, removed=False))
+    await expect(row).to_have_count(1, timeout=10_000)
+    await expect(row).to_contain_text("42.5 USDC")
+    await expect(row).to_contain_text(f"block {0xDF34A3}")
+    await expect(row).not_to_have_class(REMOVED)
+    await expect(row).not_to_contain_text("removed by re-org")
+
+    # The block is re-orged away: the same row (no second one) is struck through and labelled.
+    await _post_activities(app, _token_transfer(tx, block_hash=BLOCK_1, removed=True))
+    await expect(row).to_have_class(REMOVED, timeout=10_000)
+    await expect(row.locator(".reorg-label")).to_have_text("removed by re-org")
+    await expect(row).to_contain_text("42.5 USDC")
+    await expect(rows).to_have_count(1)
+
+    # Included again in another block: the row is restored and shows the new block number.
+    await _post_activities(app, _token_transfer(tx, block_hash=BLOCK_2, removed=False, block_num=0xDF34A5))
+    await expect(row).not_to_have_class(REMOVED, timeout=10_000)
+    await expect(row).not_to_contain_text("removed by re-org")
+    await expect(row).to_contain_text(f"block {0xDF34A5}")
+    await expect(rows).to_have_count(1)
+
+
+async def test_history_shows_a_removed_transfer_struck_through(page: Page, app: RunningApp) -> None:
+    token = await _open_feed_watching(page, app)
+    tx = "0x" + secrets.token_hex(32)
+    await _post_activities(app, _token_transfer(tx, block_hash=BLOCK_1, removed=False))
+    await _post_activities(app, _token_transfer(tx, block_hash=BLOCK_1, removed=True))
+    row = page.locator("#feed li", has=page.locator(f'a[href$="/tx/{tx}"]'))
+    await expect(row).to_have_class(REMOVED, timeout=10_000)
+    # History holds the item (already showing removed) and its update, newest first.
+    history = (await app.http.get("/api/feed", headers=app.auth(token))).json()["items"]
+    assert [item["type"] for item in history] == ["transaction_updated", "new_transaction"]
+
+    await page.reload()
+    await expect(page.locator("#status-text")).to_have_text("Connected", timeout=10_000)
+    await expect(page.locator("#feed li")).to_have_count(1, timeout=10_000)
+    await expect(row).to_have_class(REMOVED)
+    await expect(row).to_contain_text("removed by re-org")
+    await expect(row).to_contain_text("42.5 USDC")
+    await expect(page.locator("#feed-empty")).to_be_hidden()
+
+
+async def test_an_activity_without_hash_or_block_shows_no_placeholders(page: Page, app: RunningApp) -> None:
+    """Alchemy's NFT example: no hash, block number, value or asset."""
+    await _open_feed_watching(page, app)
+    nft = "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3"
+    await _post_activities(
+        app,
+        {
+            "fromAddress": "0x0000000000000000000000000000000000000000",
+            "toAddress": WATCHED,
+            "contractAddress": nft,
+            "erc721TokenId": "0x1",
+            "category": "erc721",
+            "log": {"address": nft, "data": "0x", "removed": False},
+        },
+    )
+    row = page.locator("#feed li")
+    await expect(row).to_have_count(1, timeout=10_000)
+    await expect(row).to_contain_text("#1")
+    await expect(row.locator(".direction")).to_have_text("in")
+    await expect(row.locator("a")).to_have_count(0)  # no hash, no "view tx" link
+    await expect(row).not_to_contain_text("block")
+    await expect(row).not_to_have_class(REMOVED)
+    text = await page.locator("#feed").text_content() or ""
+    for word in ("undefined", "null", "NaN"):
+        assert word not in text, f"{word!r} in the feed: {text!r}"

@@ -35,7 +35,7 @@ function short(address) {
 }
 
 export function explorerUrl(network, hash) {
-  const base = EXPLORERS[String(network || "").toUpperCase().replace(/-/g, "_")] || EXPLORERS.ETH_MAINNET;
+  const base = EXPLORERS[shown(network).toUpperCase().replace(/-/g, "_")] || EXPLORERS.ETH_MAINNET;
   return `${base}/tx/${hash}`;
 }
 
@@ -62,27 +62,60 @@ function setStatus(status) {
   $("#status-text").textContent = text;
 }
 
+// Text for a field that may be missing: never "undefined", "null" or "NaN" on the page.
+function shown(value) {
+  if (value === null || value === undefined) return "";
+  if (typeof value === "number") return Number.isFinite(value) ? String(value) : "";
+  const text = String(value).trim();
+  return ["undefined", "null", "nan"].includes(text.toLowerCase()) ? "" : text;
+}
+
+// An NFT id as Alchemy sends it ("0x1"), shown as a decimal number ("#1").
+function tokenLabel(tokenId) {
+  const text = shown(tokenId);
+  if (!text) return "";
+  try {
+    return `#${BigInt(text).toString()}`;
+  } catch {
+    return `#${text}`;
+  }
+}
+
+export const REORG_LABEL = "removed by re-org";
+const UPDATE_TYPE = "transaction_updated";
+// The frame each row was drawn from, so an update can redraw it with the new state.
+const rowFrames = new WeakMap();
+
 function renderItem(frame, { fresh }) {
   const tx = frame.payload || {};
-  const direction = tx.direction || (tx.to && tx.address && tx.to === tx.address ? "in" : "out");
-  const amount = tx.value === null || tx.value === undefined ? (tx.token_id ? `#${tx.token_id}` : "") : tx.value;
+  const direction = shown(tx.direction) || (tx.to && tx.address && tx.to === tx.address ? "in" : "out");
+  const amount = shown(tx.value) || tokenLabel(tx.token_id);
+  const what = `${amount} ${shown(tx.asset)}`.trim() || shown(tx.category) || "transfer";
+  const counterparty = shown(tx.counterparty) || shown(direction === "in" ? tx.from : tx.to);
+  const hash = shown(tx.hash);
   const when = new Date(frame.created_at);
+  const meta = [
+    shown(tx.network),
+    shown(tx.block_num) ? `block ${shown(tx.block_num)}` : "",
+    frame.created_at && !isNaN(when) ? when.toLocaleString() : "",
+    shown(tx.address) ? `watching ${short(tx.address)}` : "",
+    frame.type !== "new_transaction" ? shown(frame.type) : "",
+  ].filter(Boolean);
   const item = el(
     "li",
-    { class: `${fresh ? "new" : ""} ${tx.removed ? "removed" : ""}`.trim(), dataset: { id: String(frame.id) } },
+    { class: `${fresh ? "new" : ""} ${tx.removed === true ? "removed" : ""}`.trim(), dataset: { id: String(frame.id) } },
     el("span", { class: `direction ${direction}` }, direction),
-    el("span", {},
-      el("span", { class: "amount" }, `${amount} ${tx.asset || ""}`.trim()),
+    el("span", { class: "main" },
+      el("span", { class: "amount" }, what),
       " ", direction === "in" ? "from " : "to ",
-      el("code", { title: tx.counterparty || "" }, short(tx.counterparty || (direction === "in" ? tx.from : tx.to)))),
-    tx.hash
-      ? el("a", { href: explorerUrl(tx.network, tx.hash), target: "_blank", rel: "noopener" }, "view tx ↗")
+      el("code", { title: counterparty }, short(counterparty))),
+    hash
+      ? el("a", { href: explorerUrl(tx.network, hash), target: "_blank", rel: "noopener" }, "view tx ↗")
       : el("span", {}, ""),
-    el("span", { class: "meta" },
-      `${tx.network || "?"} · block ${tx.block_num ?? "?"} · ${isNaN(when) ? "" : when.toLocaleString()}`,
-      tx.address ? ` · watching ${short(tx.address)}` : "",
-      frame.type !== "new_transaction" ? ` · ${frame.type}` : ""),
+    el("span", { class: "meta" }, meta.join(" · ")),
   );
+  if (tx.removed === true) item.append(el("span", { class: "reorg-label" }, REORG_LABEL));
+  rowFrames.set(item, frame);
   return item;
 }
 
@@ -98,6 +131,23 @@ function addToFeed(frame, { fresh, append = false }) {
   // Keep newest first even when a resumed batch arrives oldest first.
   const after = [...feed.children].find((li) => Number(li.dataset.id) < frame.id);
   feed.insertBefore(item, after || null);
+}
+
+// A re-org changed item `ref` (removed, included again, or moved to another block): redraw its
+// row with the new state. No row of its own; an item not on the page is left alone.
+function applyUpdate(frame, { fresh }) {
+  if (typeof frame.ref !== "number") return;
+  const row = $("#feed").querySelector(`li[data-id="${frame.ref}"]`);
+  const original = row && rowFrames.get(row);
+  if (!original) return;
+  const payload = { ...(original.payload || {}), ...(frame.payload || {}) };
+  row.replaceWith(renderItem({ ...original, payload }, { fresh }));
+}
+
+// A live frame: an update redraws the row it names; any other type is a row of its own.
+function showFrame(frame, { fresh }) {
+  if (frame.type === UPDATE_TYPE) applyUpdate(frame, { fresh });
+  else addToFeed(frame, { fresh });
 }
 
 async function loadWatchlist() {
@@ -117,8 +167,9 @@ async function loadWatchlist() {
 async function loadHistory() {
   const page = await api("/api/feed?limit=50");
   $("#feed").replaceChildren();
-  for (const frame of page.items) addToFeed(frame, { fresh: false, append: true });
-  $("#feed-empty").hidden = page.items.length > 0;
+  // The items already show their current state: the updates in history need no drawing.
+  for (const frame of page.items) if (frame.type !== UPDATE_TYPE) addToFeed(frame, { fresh: false, append: true });
+  $("#feed-empty").hidden = $("#feed").children.length > 0;
   const newest = page.items.find((item) => typeof item.seq === "number");
   return newest ? { lastId: newest.id, lastSeq: newest.seq } : { lastId: 0, lastSeq: 0 };
 }
@@ -140,7 +191,7 @@ async function showApp() {
   socket = new FeedSocket({
     lastId,
     lastSeq,
-    onItem: (frame) => addToFeed(frame, { fresh: true }),
+    onItem: (frame) => showFrame(frame, { fresh: true }),
     onStatus: setStatus,
     onAuthFailure: (reason) => logout(reason === "token expired" ? "Your session expired. Please log in again." : ""),
   });
