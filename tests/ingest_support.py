@@ -155,13 +155,24 @@ class Metrics:
 
 
 class TcpProxy:
-    """A loopback TCP proxy to ``target``; :meth:`cut` makes the server look down to its clients."""
+    """A loopback TCP proxy to ``target``; :meth:`cut` makes the server look down to its clients,
+    :meth:`freeze` makes it a black hole (connections stay open, nothing comes back)."""
 
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
+
+    def freeze(self) -> None:
+        """Stop forwarding in both directions; new connections are accepted and hang."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again (what was held back is delivered)."""
+        self._flowing.set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -188,6 +199,7 @@ class TcpProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 from redis.asyncio import Redis
 
 from chainfeed.config import Settings
 from chainfeed.devtools.embedded import EmbeddedRedis
 from chainfeed.domain.alchemy import parse_webhook
 from chainfeed.storage.ingest import store_webhook
-from tests.conftest import AppFactory, app_runtime
+from tests.conftest import AppFactory, RunningApp, app_runtime
 from tests.ingest_support import (
     Metrics,
     TcpProxy,
@@ -123,3 +125,72 @@ async def _published(db: asyncpg.Connection, count: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def _via(url: str, port: int) -> str:
+    """``url`` with its host and port replaced by the proxy's (credentials and path kept)."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{port}"))
+
+
+async def _answer_within(app: RunningApp, payload: dict[str, object], limit: float) -> httpx.Response:
+    started = time.monotonic()
+    response = await post_webhook(app, payload)
+    elapsed = time.monotonic() - started
+    assert elapsed < limit, f"answered after {elapsed:.2f}s, Alchemy gives up at 5s"
+    return response
+
+
+async def test_a_postgresql_black_hole_is_503_with_retry_after_well_before_5s(
+    app_factory: AppFactory, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """PostgreSQL stops answering without closing anything: the webhook gives up on the store
+    after its budget (3 s) and answers 503 with Retry-After, so Alchemy retries; nothing is
+    half-written, and once PostgreSQL answers again the retry is stored."""
+    assert settings.database_url is not None
+    parts = urlsplit(settings.database_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    app = await app_factory(database_url=_via(settings.database_url, await proxy.start()))
+    session = await app.register()
+    await watch(app, session["access_token"], ME)
+    payload = webhook(activity("external", frm=ALICE, to=ME))
+
+    proxy.freeze()
+    refused = await _answer_within(app, payload, 4.5)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["Retry-After"] == "5"
+    assert await _rows_for(db, payload) == 0
+    proxy.thaw()
+    await eventually(
+        lambda: _accepted(app, payload), within=15, what="the retry is stored once PostgreSQL answers"
+    )
+    assert await _rows_for(db, payload) == 2  # its transfer and its event
+    await proxy.cut()
+
+
+async def test_a_redis_black_hole_is_503_with_retry_after_well_before_5s(
+    app_factory: AppFactory, settings: Settings, db: asyncpg.Connection
+) -> None:
+    assert settings.redis_url is not None
+    parts = urlsplit(settings.redis_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    app = await app_factory(redis_url=_via(settings.redis_url, await proxy.start()))
+    session = await app.register()
+    await watch(app, session["access_token"], ME)
+    payload = webhook(activity("external", frm=ALICE, to=ME))
+
+    proxy.freeze()
+    refused = await _answer_within(app, payload, 2.5)
+    assert refused.status_code == 503, refused.text
+    assert (refused.json(), refused.headers["Retry-After"]) == ({"error": "redis unavailable"}, "5")
+    assert await _rows_for(db, payload) == 0
+    proxy.thaw()
+    await eventually(
+        lambda: _accepted(app, payload), within=15, what="the retry is stored once Redis answers"
+    )
+    await proxy.cut()
+
+
+async def _accepted(app: RunningApp, payload: dict[str, object]) -> bool:
+    return (await post_webhook(app, payload)).status_code == 200

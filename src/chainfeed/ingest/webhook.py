@@ -24,7 +24,6 @@ Every request counts once in ``webhook_requests_total{outcome}``; the body's siz
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections import Counter
@@ -161,13 +160,8 @@ async def _write(pool: Pool, webhook: Webhook) -> StoredWebhook:
     ) as span:
         context = inject_context({})
         try:
-            async with asyncio.timeout(STORE_TIMEOUT):
-                stored = await store_webhook(
-                    pool,
-                    webhook,
-                    traceparent=context.get("traceparent"),
-                    tracestate=context.get("tracestate"),
-                )
+            trace = {"traceparent": context.get("traceparent"), "tracestate": context.get("tracestate")}
+            stored = await store_webhook(pool, webhook, **trace, budget=STORE_TIMEOUT)
         except POSTGRES_DOWN as exc:
             _reject("unavailable", part="postgres", error=repr(exc))
             span.set_status(Status(StatusCode.ERROR, "postgres unavailable"))

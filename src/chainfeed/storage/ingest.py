@@ -37,6 +37,7 @@ import msgspec
 
 from chainfeed.domain.alchemy import Quarantined, Transfer, Webhook
 from chainfeed.storage.outbox import Connection
+from chainfeed.storage.pool import bounded_transaction
 
 __all__ = ["StoredWebhook", "store_transfers", "store_webhook"]
 
@@ -219,12 +220,18 @@ def _quarantine_columns(
 
 
 async def store_webhook(
-    pool: asyncpg.Pool, webhook: Webhook, *, traceparent: str | None = None, tracestate: str | None = None
+    pool: asyncpg.Pool,
+    webhook: Webhook,
+    *,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
+    budget: float = 10.0,
 ) -> StoredWebhook:
     """Record ``webhook`` and create its feed items, atomically and idempotently.
 
     ``traceparent``/``tracestate`` are kept with the new items' outbox rows, so their publication
-    joins the trace of this ingest.
+    joins the trace of this ingest. ``TimeoutError`` when it was not committed within ``budget``
+    seconds (pool wait included): nothing of it is stored then.
     """
     envelope = (webhook.event_id, webhook.webhook_id, webhook.type, webhook.network, webhook.activity_count)
     args = (
@@ -234,7 +241,7 @@ async def store_webhook(
         tracestate,
         *_quarantine_columns(webhook.quarantined),
     )
-    async with pool.acquire() as conn, conn.transaction():
+    async with bounded_transaction(pool, budget) as conn:
         row = await conn.fetchrow(_STORE, *args)
         assert row is not None
         return await _finish(conn, row, traceparent, tracestate)

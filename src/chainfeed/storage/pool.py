@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -15,6 +17,7 @@ __all__ = [
     "InputRefused",
     "Pool",
     "Record",
+    "bounded_transaction",
     "create_pool",
     "ping",
     "short_pool",
@@ -80,6 +83,33 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
 async def ping(pool: asyncpg.Pool) -> None:
     """Readiness: PostgreSQL answers a trivial query within 2 s."""
     await pool.fetchval("SELECT 1", timeout=2)
+
+
+@contextlib.asynccontextmanager
+async def bounded_transaction(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[Any]:
+    """A transaction that ends within ``seconds`` (the pool wait included), whatever PostgreSQL does.
+
+    ``TimeoutError`` when it did not commit in time. The connection is then closed, not rolled
+    back: a server that stopped answering would never answer the ROLLBACK either (a cancelled
+    asyncpg query waits for it), and PostgreSQL rolls the transaction back when it sees the close.
+    """
+    deadline = asyncio.get_running_loop().time() + seconds
+    conn = await pool.acquire(timeout=seconds)
+    try:
+        async with asyncio.timeout_at(deadline):
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                yield conn
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+    except TimeoutError:
+        conn.terminate()
+        raise
+    finally:
+        await pool.release(conn)
 
 
 @contextlib.asynccontextmanager

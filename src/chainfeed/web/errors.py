@@ -25,6 +25,9 @@ __all__ = ["EXCEPTION_HANDLERS"]
 
 log = structlog.get_logger(__name__)
 
+#: Seconds a 503's Retry-After asks for: an outage is rarely shorter, and Alchemy backs off anyway.
+UNAVAILABLE_RETRY_AFTER = 5
+
 _STATUS: dict[type[ChainFeedError], int] = {
     ValidationError: 400,
     AuthError: 401,
@@ -48,12 +51,15 @@ def chainfeed_error(_: Request[Any, Any, Any], exc: ChainFeedError) -> Response[
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if isinstance(exc, RateLimitedError):
         headers = {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, UnavailableError):
+        headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
     return Response({"error": str(exc)}, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
 def backend_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
     """PostgreSQL or Redis went away mid-request: 503 so the caller (Alchemy) retries."""
-    return Response({"error": "service temporarily unavailable"}, status_code=503, media_type=MediaType.JSON)
+    return Response({"error": "service temporarily unavailable"}, status_code=503, media_type=MediaType.JSON,
+                    headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})  # fmt: skip
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
