@@ -43,9 +43,9 @@ async def test_008_keeps_a_removed_transfer_removed_and_its_item_updatable(migra
             tx = tx_hash()
             mined = activity("token", frm=ALICE, to=ME, hash_=tx, log_index=4)
             transfer = await conn.fetchval(
-                "INSERT INTO transactions (network, hash, transfer_key, category, from_address, to_address,"
-                " block_hash, removed, raw) VALUES ('ETH_MAINNET', $1, 'log:4', 'token', $2, $3, $4, true, $5)"
-                " RETURNING id",
+                "INSERT INTO transactions (network, hash, transfer_key, category, from_address,"
+                " to_address, block_hash, removed, raw)"
+                " VALUES ('ETH_MAINNET', $1, 'log:4', 'token', $2, $3, $4, true, $5) RETURNING id",
                 tx, ALICE, ME, BLOCK_HASH, json.dumps(mined),
             )  # fmt: skip
             item = await conn.fetchval(
@@ -56,7 +56,7 @@ async def test_008_keeps_a_removed_transfer_removed_and_its_item_updatable(migra
         finally:
             await conn.close()
 
-        assert await migrate(url) == ["008_quarantine_and_reorgs.sql"]
+        assert await migrate(url) == ["008_quarantine_and_reorgs.sql", "009_reorg_pending.sql"]
         pool = await create_pool(url, max_size=2)
         try:
             stale = await store_webhook(pool, parse_webhook(json.dumps(webhook(mined)).encode()))

@@ -170,3 +170,30 @@ async def test_a_user_who_stopped_watching_still_gets_the_update_of_an_item_in_t
     feed = (await app.http.get("/api/feed", headers={"Authorization": f"Bearer {token}"})).json()["items"]
     assert [i["type"] for i in feed] == ["transaction_updated", "new_transaction"]
     assert (feed[0]["ref"], feed[1]["payload"]["removed"]) == (feed[1]["id"], True)
+
+
+async def test_a_reorg_left_unsettled_by_a_crash_reaches_the_tab_from_the_sweep(
+    app: RunningApp, db: asyncpg.Connection
+) -> None:
+    """The delivery's statement committed the removal, and the process died before settling it
+    (the row is left reorg_pending, as that statement leaves it): the relay's sweep settles it,
+    once, and the open tab gets the update."""
+    token = await _watcher(app)
+    tx = tx_hash()
+    async with client(app, token) as ws:
+        await ready(ws)
+        await _post(app, _transfer(tx))
+        (pushed,) = await recv_frames(ws, 1)
+        await db.execute(
+            "UPDATE transactions SET removed = true, left_blocks = ARRAY[block_hash],"
+            " last_change = 'removed', reorg_pending = true WHERE hash = $1",
+            tx,
+        )
+        (update,) = await recv_frames(ws, 1, within=10)
+        assert (update["type"], update["ref"], update["payload"]["removed"]) == (
+            "transaction_updated",
+            pushed["id"],
+            True,
+        )
+        await _next_push_is(ws, app)  # made once, not at every sweep
+    assert await db.fetchval("SELECT reorg_pending FROM transactions WHERE hash = $1", tx) is False

@@ -9,7 +9,9 @@ transfers, then calls :meth:`OutboxRelay.wake`. The relay, per batch:
 3. deletes those outbox entries (or, when the XADDs failed, ends the lease at once).
 
 It also sweeps every ``sweep_interval`` seconds, so items left behind by a crash, a Redis outage
-or another instance are published once things recover. Delivery to the stream is **at least
+or another instance are published once things recover; the sweep also settles re-orgs a crash
+left unsettled between a delivery's commit and its ``transaction_updated`` items
+(``storage.ingest.settle_pending``), whose items it then publishes. Delivery to the stream is **at least
 once**: a crash between the XADD and the delete publishes the batch again once its lease runs
 out, with the same numbers. Connections drop what they already sent by ``seq``
 (docs/design/delivery.md).
@@ -27,6 +29,7 @@ from chainfeed.broker.client import Redis
 from chainfeed.broker.publisher import StreamPublisher
 from chainfeed.observability.metrics import OUTBOX_BACKLOG, STAGE_DURATION
 from chainfeed.storage import outbox as store
+from chainfeed.storage.ingest import settle_pending
 from chainfeed.storage.pool import Pool
 from chainfeed.workers import OUTAGES, supervise
 
@@ -55,6 +58,7 @@ class OutboxRelay:
         self._timeout = timeout
         self._wake = asyncio.Event()
         self._backlog_at = 0.0
+        self._settled_at = 0.0
 
     def wake(self) -> None:
         """New items were committed: publish now instead of at the next sweep."""
@@ -114,9 +118,19 @@ class OutboxRelay:
         """One drain; the backlog gauge is refreshed whatever happened (it matters most in an outage)."""
         self._wake.clear()
         try:
+            await self._settle()
             await self.drain()
         finally:
             await self._measure_backlog()
+
+    async def _settle(self) -> None:
+        """About once per sweep interval: re-orgs left pending by a crash get their updates."""
+        now = time.monotonic()
+        if now - self._settled_at < self._sweep_interval:
+            return
+        self._settled_at = now
+        if made := await settle_pending(self._pool, budget=self._timeout):
+            log.warning("settled re-orgs a crash left pending", update_items=made)
 
     async def _sleep(self) -> None:
         """Until woken, or the sweep interval passed."""

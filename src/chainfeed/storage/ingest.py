@@ -1,9 +1,10 @@
 """Idempotent storage of one webhook: event, transfers, quarantine and the watchers' feed items.
 
-One transaction per webhook, and for the usual delivery one statement in it: the transfers travel
-as one JSON document expanded by ``jsonb_to_recordset``, and data-modifying CTEs record the event
-and the quarantined activities, upsert the transfers, find the watchers of either side, and
-insert their feed items and the items' ids in ``feed_outbox`` (what the relay publishes).
+One statement per webhook, whatever its size, in its own implicit transaction: the transfers
+travel as one JSON document expanded by ``jsonb_to_recordset``, and data-modifying CTEs record
+the event and the quarantined activities, upsert the transfers, find the watchers of either
+side, and insert their feed items and the items' ids in ``feed_outbox`` (what the relay
+publishes). One round trip: under load every extra await is an event-loop turn of latency.
 
 Idempotency lives in the unique keys: ``transactions (network, hash, transfer_key)``, one
 ``feed_items`` row per (transfer, user) that is not an update (``ref IS NULL``), and
@@ -19,10 +20,12 @@ Re-orgs update the stored row instead of adding one (docs/design/ingest.md):
 - a copy for a block in ``left_blocks`` (a late retry of the original) changes nothing.
 
 An item is made when a transfer is new and not removed, or restored, for each watcher without
-one. A change to a transfer already in feeds runs a second statement in the same transaction,
-with a snapshot taken after the row lock (so it sees items a concurrent delivery committed):
-the items' payloads follow, and for ``removed``/``restored``/``moved`` each gets a
-``transaction_updated`` item (``ref``: the item it updates), published like any other.
+one. A change to a transfer already in feeds marks it ``reorg_pending`` in the same statement;
+:func:`settle_reorgs` then brings its items up to date in a transaction of its own (their
+payloads take the new state, and a removal, restoration or move adds a ``transaction_updated``
+item naming the item it updates), with a snapshot taken after it locked the transfer, so it sees
+items a concurrent delivery committed. A crash in between leaves the mark for
+:func:`settle_pending` (the relay's sweep): nothing is lost, and nothing is made twice.
 
 Rows are upserted in natural-key order so concurrent webhooks lock them in the same order
 (no deadlocks); feed items get their ids in payload order.
@@ -30,6 +33,7 @@ Rows are upserted in natural-key order so concurrent webhooks lock them in the s
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -37,9 +41,9 @@ import msgspec
 
 from chainfeed.domain.alchemy import Quarantined, Transfer, Webhook
 from chainfeed.storage.outbox import Connection
-from chainfeed.storage.pool import bounded_transaction
+from chainfeed.storage.pool import bounded_connection, bounded_transaction
 
-__all__ = ["StoredWebhook", "store_transfers", "store_webhook"]
+__all__ = ["StoredWebhook", "settle_pending", "settle_reorgs", "store_transfers", "store_webhook"]
 
 # Conditions on an incoming copy (EXCLUDED) of a stored transfer (t); see the module docstring.
 _REMOVES = (
@@ -105,6 +109,7 @@ upserted AS (
                 THEN t.left_blocks || t.block_hash
             ELSE t.left_blocks END,
         raw = CASE WHEN {_NOTES} THEN t.raw ELSE EXCLUDED.raw END,
+        reorg_pending = t.reorg_pending OR {_REMOVES} OR {_PLACES},
         updated_at = now()
     WHERE {_REMOVES} OR {_NOTES} OR {_PLACES}
     RETURNING t.id, t.network, t.hash, t.transfer_key, t.removed, t.last_change, (t.xmax = 0) AS inserted
@@ -159,34 +164,46 @@ SELECT 1 AS deliveries,
        NULL::text[] AS quarantined
 """  # noqa: S608
 
-# The items of transfers a re-org changed ($1), but those made by this delivery ($2): their
-# payloads take the new state, and a removal, restoration or move adds a transaction_updated item.
-_REORG = """
+# Settling re-orgs of the transfers $1 (locked by the caller, reorg_pending): every item of one
+# whose payload does not show the transfer's state takes it, and gets a transaction_updated item
+# when it was removed or restored, or moved between two known blocks (a block filled in where
+# there was none only refreshes). Items made with the current state (new ones) are left alone,
+# so settling twice, or after a crash, adds nothing.
+_SETTLE = """
 WITH changed AS (
-    SELECT id, removed, block_hash, block_num, last_change FROM transactions WHERE id = ANY($1::bigint[])
+    SELECT id, removed, block_hash, block_num FROM transactions WHERE id = ANY($1::bigint[])
 ),
-existing AS (
-    SELECT f.id, f.user_id, f.transaction_id, c.last_change,
+stale AS (
+    SELECT f.id, f.user_id, f.transaction_id,
+           (f.payload->>'removed')::boolean IS DISTINCT FROM c.removed
+           OR (c.block_hash IS NOT NULL AND f.payload->>'block_hash' <> c.block_hash) AS updated,
            f.payload || jsonb_build_object(
                'removed', c.removed, 'block_hash', c.block_hash, 'block_num', c.block_num) AS payload
     FROM changed c JOIN feed_items f ON f.transaction_id = c.id AND f.ref IS NULL
-    WHERE NOT f.id = ANY($2::bigint[])
+    WHERE (f.payload->>'removed')::boolean IS DISTINCT FROM c.removed
+       OR f.payload->'block_hash' IS DISTINCT FROM COALESCE(to_jsonb(c.block_hash), 'null'::jsonb)
+       OR f.payload->'block_num' IS DISTINCT FROM COALESCE(to_jsonb(c.block_num), 'null'::jsonb)
 ),
 refreshed AS (
-    UPDATE feed_items f SET payload = e.payload FROM existing e WHERE f.id = e.id
+    UPDATE feed_items f SET payload = s.payload FROM stale s WHERE f.id = s.id
 ),
 updates AS (
     INSERT INTO feed_items (user_id, transaction_id, type, ref, payload)
-    SELECT user_id, transaction_id, 'transaction_updated', id, payload
-    FROM existing WHERE last_change IN ('removed', 'restored', 'moved')
-    ORDER BY id
+    SELECT user_id, transaction_id, 'transaction_updated', id, payload FROM stale WHERE updated ORDER BY id
     RETURNING id
 ),
 outboxed AS (
-    INSERT INTO feed_outbox (feed_item_id, traceparent, tracestate) SELECT id, $3, $4 FROM updates
+    INSERT INTO feed_outbox (feed_item_id, traceparent, tracestate) SELECT id, $2, $3 FROM updates
+),
+settled AS (
+    UPDATE transactions SET reorg_pending = false WHERE id = ANY($1::bigint[])
 )
-SELECT (SELECT count(*) FROM existing) AS refreshed, (SELECT count(*) FROM updates) AS updates
+SELECT count(*) AS updates FROM updates
 """
+_LOCK_PENDING = (
+    "SELECT id FROM transactions WHERE id = ANY($1::bigint[]) AND reorg_pending ORDER BY id FOR UPDATE"
+)
+_FIND_PENDING = "SELECT id FROM transactions WHERE reorg_pending ORDER BY id LIMIT $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +244,15 @@ async def store_webhook(
     tracestate: str | None = None,
     budget: float = 10.0,
 ) -> StoredWebhook:
-    """Record ``webhook`` and create its feed items, atomically and idempotently.
+    """Record ``webhook`` and create its feed items, atomically and idempotently (one statement).
 
     ``traceparent``/``tracestate`` are kept with the new items' outbox rows, so their publication
     joins the trace of this ingest. ``TimeoutError`` when it was not committed within ``budget``
-    seconds (pool wait included): nothing of it is stored then.
+    seconds (pool wait included): nothing of it is stored then. A re-org it recorded is settled
+    right after (:func:`settle_reorgs`, its own transaction); a crash in between leaves the
+    transfers ``reorg_pending``, which :func:`settle_pending` finds.
     """
+    started = time.monotonic()
     envelope = (webhook.event_id, webhook.webhook_id, webhook.type, webhook.network, webhook.activity_count)
     args = (
         *envelope,
@@ -241,10 +261,17 @@ async def store_webhook(
         tracestate,
         *_quarantine_columns(webhook.quarantined),
     )
-    async with bounded_transaction(pool, budget) as conn:
+    async with bounded_connection(pool, budget) as conn:
         row = await conn.fetchrow(_STORE, *args)
-        assert row is not None
-        return await _finish(conn, row, traceparent, tracestate)
+    assert row is not None
+    updates = 0
+    if row["changed"]:
+        left = max(budget - (time.monotonic() - started), 0.5)
+        async with bounded_transaction(pool, left) as conn:
+            updates = await settle_reorgs(
+                conn, list(row["changed"]), traceparent=traceparent, tracestate=tracestate
+            )
+    return _stored(row, updates)
 
 
 async def store_transfers(
@@ -253,23 +280,48 @@ async def store_transfers(
     """Store transfers outside a delivery (a quarantine replay), in the caller's transaction."""
     row = await conn.fetchrow(_REPLAY, _rows(transfers), traceparent, None)
     assert row is not None
-    return await _finish(conn, row, traceparent, None)
+    updates = await settle_reorgs(conn, list(row["changed"] or ()), traceparent=traceparent)
+    return _stored(row, updates)
 
 
-async def _finish(
-    conn: Connection, row: asyncpg.Record, traceparent: str | None, tracestate: str | None
-) -> StoredWebhook:
-    new_items = list(row["new_items"] or ())
-    updates = 0
-    if row["changed"]:
-        reorg = await conn.fetchrow(_REORG, row["changed"], new_items, traceparent, tracestate)
-        assert reorg is not None
-        updates = int(reorg["updates"])
+async def settle_reorgs(
+    conn: Connection,
+    transfer_ids: list[int],
+    *,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
+) -> int:
+    """Bring the items of re-orged transfers up to date, in the caller's transaction; how many
+    ``transaction_updated`` items were made.
+
+    The transfers are locked first, and the work is a statement of its own after the lock: its
+    snapshot then holds every item a concurrent delivery committed, so none is missed, and a
+    second settler finds them no longer pending.
+    """
+    if not transfer_ids:
+        return 0
+    locked = [r["id"] for r in await conn.fetch(_LOCK_PENDING, transfer_ids)]
+    if not locked:
+        return 0
+    return int(await conn.fetchval(_SETTLE, locked, traceparent, tracestate))
+
+
+async def settle_pending(pool: asyncpg.Pool, *, limit: int = 500, budget: float = 10.0) -> int:
+    """Settle re-orgs a crash left between a delivery's commit and its settling; items made."""
+    ids = [r["id"] for r in await pool.fetch(_FIND_PENDING, limit, timeout=budget)]
+    if not ids:
+        return 0
+    async with bounded_transaction(pool, budget) as conn:
+        return await settle_reorgs(conn, ids)
+
+
+def _stored(row: asyncpg.Record, updates: int) -> StoredWebhook:
+    new_items = len(row["new_items"] or ())
     return StoredWebhook(
         deliveries=row["deliveries"],
         new_transfers=row["inserted"],
         updated_transfers=row["updated"],
-        new_feed_items=len(new_items) + updates,
+        new_feed_items=new_items + updates,
         update_items=updates,
         quarantined=tuple(row["quarantined"] or ()),
     )

@@ -17,6 +17,7 @@ __all__ = [
     "InputRefused",
     "Pool",
     "Record",
+    "bounded_connection",
     "bounded_transaction",
     "create_pool",
     "ping",
@@ -86,30 +87,42 @@ async def ping(pool: asyncpg.Pool) -> None:
 
 
 @contextlib.asynccontextmanager
-async def bounded_transaction(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[Any]:
-    """A transaction that ends within ``seconds`` (the pool wait included), whatever PostgreSQL does.
+async def bounded_connection(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[Any]:
+    """A pooled connection whose use ends within ``seconds`` (the pool wait included).
 
-    ``TimeoutError`` when it did not commit in time. The connection is then closed, not rolled
-    back: a server that stopped answering would never answer the ROLLBACK either (a cancelled
-    asyncpg query waits for it), and PostgreSQL rolls the transaction back when it sees the close.
+    ``TimeoutError`` when the body did not finish in time. The connection is then closed: a
+    server that stopped answering would never answer what asyncpg sends to clean up after a
+    cancelled query (or a ROLLBACK), and PostgreSQL rolls back what was open when it sees the close.
     """
     deadline = asyncio.get_running_loop().time() + seconds
     conn = await pool.acquire(timeout=seconds)
     try:
         async with asyncio.timeout_at(deadline):
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                yield conn
-            except BaseException:
-                await transaction.rollback()
-                raise
-            await transaction.commit()
+            yield conn
     except TimeoutError:
         conn.terminate()
         raise
     finally:
         await pool.release(conn)
+
+
+@contextlib.asynccontextmanager
+async def bounded_transaction(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[Any]:
+    """A transaction on a :func:`bounded_connection`: committed within ``seconds``, or closed.
+
+    Cancelled (the time ran out), it is not rolled back: the connection is closed instead.
+    """
+    async with bounded_connection(pool, seconds) as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            yield conn
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await transaction.rollback()
+            raise
+        await transaction.commit()
 
 
 @contextlib.asynccontextmanager
