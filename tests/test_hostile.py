@@ -325,6 +325,23 @@ async def test_login_brute_force_on_one_account_is_rate_limited(app: RunningApp)
     assert fine.status_code == 200
 
 
+async def test_the_account_limit_holds_for_every_spelling_of_the_name(app: RunningApp) -> None:
+    """Login normalizes the name (spaces, case); the limit counts and checks the same name, so
+    "  Victim" gets no fresh guesses and no way in during the lockout."""
+    await app.register("spelled", "the-right-password")
+    limit = DEFAULT_LOGIN_POLICY.per_account
+    spellings = ["spelled", "  spelled", "SPELLED ", "\tSpelled"]
+    for i in range(limit.attempts):
+        name = spellings[i % len(spellings)]
+        wrong = await app.http.post("/api/auth/login", json={"username": name, "password": "guess-1234"})
+        assert wrong.status_code == 401
+    for name in spellings:
+        right = await app.http.post(
+            "/api/auth/login", json={"username": name, "password": "the-right-password"}
+        )
+        assert right.status_code == 429, (name, right.text)
+
+
 async def test_a_right_password_clears_the_account_count(app: RunningApp) -> None:
     name = "forgetful"
     await app.register(name, "the-right-password")

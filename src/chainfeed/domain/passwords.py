@@ -14,7 +14,7 @@ import os
 
 from chainfeed.errors import ValidationError
 
-__all__ = ["hash_password", "validate_credentials", "verify_password"]
+__all__ = ["hash_password", "login_name", "validate_credentials", "verify_password"]
 
 _N, _R, _P = 2**14, 8, 1
 _DKLEN = 32
@@ -22,11 +22,17 @@ MIN_PASSWORD, MAX_PASSWORD = 8, 256
 _USERNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
+def login_name(username: object) -> str:
+    """The account a login names: stripped and lower-cased, as stored (what every per-account
+    count and check must use, or ``"  Victim"`` would be a fresh account to the limiter)."""
+    return username.strip().lower() if isinstance(username, str) else ""
+
+
 def validate_credentials(username: object, password: object) -> tuple[str, str]:
     """The normalised (lower-case) username and the password, or ValidationError saying what is wrong."""
     if not isinstance(username, str) or not isinstance(password, str):
         raise ValidationError("username and password must be strings")
-    name = username.strip().lower()
+    name = login_name(username)
     if not 3 <= len(name) <= 32 or not set(name) <= _USERNAME_CHARS:
         raise ValidationError("username must be 3-32 characters of a-z, 0-9, '_', '.', '-'")
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:

@@ -11,7 +11,7 @@ from litestar import Controller, Request, get, post
 from litestar.di import Provide
 from litestar.params import JSONBody
 
-from chainfeed.domain.passwords import hash_password, validate_credentials, verify_password
+from chainfeed.domain.passwords import hash_password, login_name, validate_credentials, verify_password
 from chainfeed.domain.tokens import issue_token
 from chainfeed.errors import AuthError, ValidationError
 from chainfeed.storage.users import create_user, get_user_by_name
@@ -70,11 +70,12 @@ class AuthController(Controller):
         wrong; 429 with Retry-After after too many failures for the account or from the IP."""
         limiter = runtime.logins
         ip = request.client.host if request.client else "unknown"
-        await limiter.check(data.username, ip)
+        account = login_name(data.username)  # counted and checked under one spelling
+        await limiter.check(account, ip)
         try:
             username, password = validate_credentials(data.username, data.password)
         except ValidationError:
-            await limiter.failed(data.username, ip)
+            await limiter.failed(account, ip)
             raise AuthError("invalid username or password") from None
         user = await get_user_by_name(runtime.pool, username)
         stored = user.password_hash if user else _DUMMY_HASH
