@@ -66,3 +66,16 @@ async def test_per_user_limit_is_409(app_factory: AppFactory) -> None:
 async def test_requires_a_token(app: RunningApp) -> None:
     assert (await app.http.get("/api/addresses")).status_code == 401
     assert (await app.http.post("/api/addresses", json={"address": ADDRESS})).status_code == 401
+
+
+async def test_a_label_with_a_nul_or_control_character_is_400_not_500(app: RunningApp) -> None:
+    session = await app.register()
+    headers = {"Authorization": f"Bearer {session['access_token']}"}
+    for label in ("ho\u0000t", "line\nbreak", "\u007f"):
+        response = await app.http.post(
+            "/api/addresses", json={"address": ADDRESS, "label": label}, headers=headers
+        )
+        assert response.status_code == 400, (label, response.text)
+        assert response.json() == {"error": "label must not contain control characters"}
+    listed = await app.http.get("/api/addresses", headers=headers)
+    assert listed.json() == []

@@ -9,6 +9,8 @@ from chainfeed.errors import ValidationError
 __all__ = ["normalize_address", "normalize_label"]
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+#: Control characters (NUL included, which PostgreSQL's text refuses) have no place in a label.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_LABEL_LENGTH = 100
 
 
@@ -26,6 +28,8 @@ def normalize_label(raw: object) -> str | None:
     if not isinstance(raw, str):
         raise ValidationError("label must be a string")
     label = raw.strip()
+    if _CONTROL.search(label):
+        raise ValidationError("label must not contain control characters")
     if len(label) > MAX_LABEL_LENGTH:
         raise ValidationError(f"label must be at most {MAX_LABEL_LENGTH} characters")
     return label or None

@@ -19,7 +19,7 @@ from chainfeed.errors import (
     UnavailableError,
     ValidationError,
 )
-from chainfeed.storage.pool import POSTGRES_DOWN
+from chainfeed.storage.pool import POSTGRES_DOWN, InputRefused
 
 __all__ = ["EXCEPTION_HANDLERS"]
 
@@ -70,6 +70,14 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[s
     return Response(body, status_code=exc.status_code, headers=exc.headers, media_type=MediaType.JSON)
 
 
+def input_refused(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    """PostgreSQL refused a value a client sent (a NUL character, a number out of range): the
+    client's input, so 400; the validation that should have caught it is missing somewhere."""
+    log.warning("input refused by postgresql", error=type(exc).__name__)
+    return Response({"error": "malformed input: a value the database cannot store"}, status_code=400,
+                    media_type=MediaType.JSON)  # fmt: skip
+
+
 def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
     """A bug: log it once with the traceback (not the query string) and answer a bare 500."""
     log.exception("unhandled error", method=request.method, path=request.url.path)
@@ -81,4 +89,5 @@ EXCEPTION_HANDLERS: dict[type[Exception], object] = {
     ChainFeedError: chainfeed_error,
     HTTPException: http_error,
     **dict.fromkeys((*POSTGRES_DOWN, *REDIS_DOWN), backend_down),
+    InputRefused: input_refused,
 }
