@@ -26,6 +26,8 @@ log = structlog.get_logger(__name__)
 INSTANCE_STALE_MS = 30_000
 #: Registry commands per pipeline: a storm's burst goes out in a few round trips, none of them long.
 _BATCH_MAX = 500
+#: Seconds a registry round trip may take before its batch counts as failed (new tabs get 1013).
+REGISTRY_TIMEOUT = 3.0
 
 # KEYS[1] user connections, KEYS[2] instances; ARGV member, instance, max, stale ms, channel, ttl ms.
 # Returns {connections of the user after this one joined, evicted members}.
@@ -192,8 +194,14 @@ class Presence:
             log.warning("connection registry update failed", error=str(error), removals=failed_removals)
 
     async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """One round trip; each reply or the error Redis answered for that command."""
+        """One round trip; each reply or the error Redis answered for that command.
+
+        Bounded by ``REGISTRY_TIMEOUT``: a Redis that stops answering without closing (the
+        shared client has no socket timeout, for the blocking reads elsewhere) would otherwise
+        hold every new tab's registration, and the queue behind it, for ever.
+        """
         pipe = self._redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
-        return list(await pipe.execute(raise_on_error=False))
+        async with asyncio.timeout(REGISTRY_TIMEOUT):
+            return list(await pipe.execute(raise_on_error=False))
