@@ -2,7 +2,7 @@
 
 Gauges that several processes report (``uvicorn --workers N``) declare how they combine in
 prometheus-client's multiprocess mode: connection counts add up, Redis-derived gauges are the
-same in every process so the max is taken.
+same in every process so the max over the live ones is taken (``livemax``).
 """
 
 from __future__ import annotations
@@ -64,18 +64,18 @@ WEBSOCKET_ERRORS = Counter(
 
 # --- Redis stream ----------------------------------------------------------------------------
 REDIS_STREAM_LENGTH = Gauge(
-    "redis_stream_length", "Entries in the stream (XLEN).", ["stream"], multiprocess_mode="max"
+    "redis_stream_length", "Entries in the stream (XLEN).", ["stream"], multiprocess_mode="livemax"
 )
 REDIS_STREAM_PENDING = Gauge(
     "redis_stream_pending",
     "Entries delivered to the group but not yet acknowledged.",
     ["group"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 REDIS_STREAM_CONSUMER_LAG = Gauge(
     "redis_stream_consumer_lag_seconds",
     "Age of the oldest entry the group has not yet acknowledged (0 when none).",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 REDIS_STREAM_RETRIES = Counter(
     "redis_stream_retry_count_total", "Stream entries claimed from an idle consumer and retried."
@@ -84,7 +84,7 @@ REDIS_STREAM_CONSUMERS = Gauge(
     "redis_stream_consumers",
     "Consumers of the group that were active within the claim window (XINFO CONSUMERS).",
     ["group"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 DEAD_LETTERS = Counter("redis_stream_dead_letters_total", "Stream entries moved to the dead-letter stream.")
 
@@ -103,14 +103,14 @@ ACTIVITIES_QUARANTINED = Counter(
 )
 FEED_ITEMS_CREATED = Counter("feed_items_created_total", "Feed items committed to PostgreSQL.")
 OUTBOX_BACKLOG = Gauge(
-    "outbox_backlog", "Committed feed items not yet published to the stream.", multiprocess_mode="max"
+    "outbox_backlog", "Committed feed items not yet published to the stream.", multiprocess_mode="livemax"
 )
 
 # --- Watch-list sync with Alchemy ------------------------------------------------------------
 ALCHEMY_SYNC_PENDING = Gauge(
     "alchemy_sync_pending_changes",
     "Watched-address changes not yet acknowledged by Alchemy.",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 ALCHEMY_SYNC_REQUESTS = Counter(
     "alchemy_sync_requests_total",
@@ -120,7 +120,7 @@ ALCHEMY_SYNC_REQUESTS = Counter(
 ALCHEMY_SYNC_LAST_SUCCESS = Gauge(
     "alchemy_sync_last_success_timestamp_seconds",
     "Unix time of the last successful address update at Alchemy.",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 
 # --- Auth ------------------------------------------------------------------------------------

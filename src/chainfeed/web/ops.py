@@ -9,6 +9,7 @@ from litestar import MediaType, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.prometheus import PrometheusController
 
+from chainfeed.observability.multiprocess import forget_dead_workers
 from chainfeed.web.deps import RuntimeDep
 
 __all__ = ["MetricsController", "healthz", "readyz"]
@@ -21,7 +22,9 @@ class MetricsController(PrometheusController):
 
     @get(media_type=MediaType.TEXT, description="Prometheus text exposition format.")
     async def get(self) -> Response[bytes]:
-        """The parent's handler, declared with the content type it really sends (not JSON)."""
+        """The parent's handler, declared with the content type it really sends (not JSON); a
+        worker that died no longer counts in the live gauges."""
+        forget_dead_workers()
         response: Response[bytes] = await PrometheusController.get.fn(self)
         return response
 
