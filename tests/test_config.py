@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from chainfeed.config import load
@@ -72,3 +74,58 @@ def test_the_listen_backlog_reaches_uvicorn() -> None:
     assert uvicorn_config("x:app", load(GOOD), host="127.0.0.1", port=1).backlog == 4096
     settings = load({**GOOD, "CHAINFEED_LISTEN_BACKLOG": "8192"})
     assert uvicorn_config("x:app", settings, host="127.0.0.1", port=1).backlog == 8192
+
+
+def test_every_problem_is_listed_at_once_without_secrets_or_passwords() -> None:
+    env = {
+        "CHAINFEED_DATABASE_URL": "mysql://u:s3cretpw@h/db",
+        "CHAINFEED_JWT_SECRET": "short-secret-value",
+        "CHAINFEED_WS_MAX_TOTAL": "lots",
+    }
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    message = str(info.value)
+    assert [name for name, _ in info.value.problems] == [
+        "CHAINFEED_DATABASE_URL",
+        "CHAINFEED_WS_MAX_TOTAL",
+        "CHAINFEED_JWT_SECRET",
+        "CHAINFEED_ALCHEMY_SIGNING_KEYS",
+    ]
+    assert len(message.splitlines()) == 4
+    assert "s3cretpw" not in message
+    assert "short-secret-value" not in message
+    assert "mysql://u:***@h/db" in message  # what was wrong is still visible
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CHAINFEED_JWT_SECRET", "replace-me-with-at-least-32-random-bytes-0123456789"),
+        ("CHAINFEED_ALCHEMY_SIGNING_KEYS", "whsec_replace_me"),
+    ],
+)
+def test_the_env_example_placeholders_are_refused(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({**GOOD, variable: value})
+    assert info.value.variable == variable
+    assert "placeholder" in str(info.value)
+
+
+def test_the_shipped_env_example_does_not_start() -> None:
+    example = {}
+    for line in (Path(__file__).parents[1] / ".env.example").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            example[name.strip()] = value.strip()
+    with pytest.raises(ConfigError) as info:
+        load(example)
+    assert {name for name, _ in info.value.problems} >= {
+        "CHAINFEED_JWT_SECRET",
+        "CHAINFEED_ALCHEMY_SIGNING_KEYS",
+    }
+
+
+def test_a_misspelled_variable_is_reported_with_the_likely_name() -> None:
+    settings = load({**GOOD, "CHAINFEED_WS_MAX_PER_USR": "9", "CHAINFEED_DEV": "0"})
+    assert settings.unknown_variables == (("CHAINFEED_WS_MAX_PER_USR", "CHAINFEED_WS_MAX_PER_USER"),)
+    assert settings.ws_max_per_user == 5

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from chainfeed.devtools.embedded import free_port
 from chainfeed.storage import migrate
 from chainfeed.storage.migrate import available_migrations
-from tests.conftest import RunningApp, app_runtime
+from tests.conftest import AppFactory, RunningApp, app_runtime
 
 
 async def test_healthz_and_readyz(app: RunningApp) -> None:
@@ -51,3 +52,18 @@ async def test_migrations_run_once_even_concurrently(
     assert results == [[], [], []]
     versions = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
     assert [row["version"] for row in versions] == [v for v, _, _ in available_migrations()]
+
+
+async def test_the_root_redirects_to_the_feed_page(app: RunningApp) -> None:
+    response = await app.http.get("/")
+    assert (response.status_code, response.headers["location"]) == (302, "/feed")
+
+
+async def test_an_unknown_chainfeed_variable_is_warned_about_at_start(
+    app_factory: AppFactory, capfd: pytest.CaptureFixture[str]
+) -> None:
+    await app_factory(unknown_variables=(("CHAINFEED_WS_MAX_PER_USR", "CHAINFEED_WS_MAX_PER_USER"),))
+    out, err = capfd.readouterr()
+    line = next(line for line in (out + err).splitlines() if "unknown setting ignored" in line)
+    assert "CHAINFEED_WS_MAX_PER_USR" in line
+    assert "CHAINFEED_WS_MAX_PER_USER" in line

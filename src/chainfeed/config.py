@@ -1,17 +1,22 @@
 """Settings from the environment, validated once at start-up.
 
 This is the only module that reads ``os.environ`` (through :func:`load`); everything else gets a
-frozen :class:`Settings` passed down as an argument. A bad or missing value raises
-:class:`~chainfeed.errors.ConfigError` naming the variable, which the CLI prints as one line.
+frozen :class:`Settings` passed down as an argument. Bad or missing values raise one
+:class:`~chainfeed.errors.ConfigError` listing every problem (one line each, naming the variable),
+never a secret's value and never a URL's password; the example placeholders of ``.env.example``
+are refused. ``CHAINFEED_`` variables that mean nothing are kept in ``unknown_variables`` (with
+the name they were probably meant to be), for the start-up log to warn about.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from chainfeed.errors import ConfigError
 from chainfeed.names import DEFAULT_CONSUMER_GROUP, DEFAULT_DEAD_LETTER_STREAM, DEFAULT_STREAM
@@ -58,6 +63,9 @@ class Settings:
     alchemy_webhook_id: str = ""
     #: OTEL_EXPORTER_OTLP_ENDPOINT: export spans over OTLP/HTTP to it; unset, nothing is exported.
     otlp_endpoint: str | None = None
+    #: ``CHAINFEED_`` variables in the environment that no setting reads, each with a likely meant
+    #: name (or ""): a typo otherwise silently keeps the default.
+    unknown_variables: tuple[tuple[str, str], ...] = ()
 
     @property
     def alchemy_sync_enabled(self) -> bool:
@@ -89,6 +97,7 @@ def load(environ: Mapping[str, str] | None = None, *, dev: bool | None = False) 
     if dev is None:
         dev = env.get("CHAINFEED_DEV") == "1"
     values: dict[str, object] = {"log_format": "console"} if dev else {}
+    problems: list[tuple[str, str]] = []
     for field_name, (variable, parse) in _VARIABLES.items():
         raw = env.get(variable)
         if raw is None or raw.strip() == "":
@@ -96,26 +105,82 @@ def load(environ: Mapping[str, str] | None = None, *, dev: bool | None = False) 
         try:
             values[field_name] = parse(raw.strip())
         except ValueError as exc:
-            raise ConfigError(variable, f"{exc} (got {raw!r})") from None
+            problems.append((variable, f"{exc}{_shown(variable, raw.strip())}"))
+    values["unknown_variables"] = _unknown(env)
     settings = Settings(**values)  # type: ignore[arg-type]  # each parser returns its field's type
-    if not dev:
-        _require_secrets(settings)
-    elif settings.jwt_secret:
-        _check_secret(settings.jwt_secret)
+    problems += _secret_problems(settings, required=not dev)
+    if problems:
+        (variable, problem), *more = problems
+        raise ConfigError(variable, problem, more=tuple(more))
     return settings
 
 
-def _require_secrets(settings: Settings) -> None:
-    if not settings.jwt_secret:
-        raise ConfigError("CHAINFEED_JWT_SECRET", "is required (an HS256 secret of at least 32 bytes)")
-    _check_secret(settings.jwt_secret)
-    if not settings.alchemy_signing_keys:
-        raise ConfigError("CHAINFEED_ALCHEMY_SIGNING_KEYS", "is required (comma-separated signing keys)")
+#: What .env.example ships in its secrets: a deployment that copied it unchanged is refused.
+_PLACEHOLDER_MARKS = ("replace-me", "replace_me", "changeme", "change-me")
 
 
-def _check_secret(secret: str) -> None:
-    if len(secret.encode()) < 32:
-        raise ConfigError("CHAINFEED_JWT_SECRET", "must be at least 32 bytes long")
+def _secret_problems(settings: Settings, *, required: bool) -> list[tuple[str, str]]:
+    problems = []
+    secret = settings.jwt_secret
+    if not secret and required:
+        problems.append(("CHAINFEED_JWT_SECRET", "is required (an HS256 secret of at least 32 bytes)"))
+    elif secret and len(secret.encode()) < 32:
+        problems.append(("CHAINFEED_JWT_SECRET", "must be at least 32 bytes long"))
+    elif _placeholder(secret):
+        problems.append(("CHAINFEED_JWT_SECRET", "is the example placeholder: set a random secret"))
+    if not settings.alchemy_signing_keys and required:
+        problems.append(("CHAINFEED_ALCHEMY_SIGNING_KEYS", "is required (comma-separated signing keys)"))
+    elif any(_placeholder(key) for key in settings.alchemy_signing_keys):
+        problems.append(
+            ("CHAINFEED_ALCHEMY_SIGNING_KEYS", "holds the example placeholder: set Alchemy's key")
+        )
+    return problems
+
+
+def _placeholder(value: str) -> bool:
+    return any(mark in value.lower() for mark in _PLACEHOLDER_MARKS)
+
+
+#: Variables whose value is never shown in an error, not even in part.
+_SECRET_VARIABLES = frozenset(
+    {"CHAINFEED_JWT_SECRET", "CHAINFEED_ALCHEMY_SIGNING_KEYS", "CHAINFEED_ALCHEMY_AUTH_TOKEN"}
+)
+
+
+def _shown(variable: str, raw: str) -> str:
+    """`` (got ...)`` for an error message: nothing for secrets, a URL without its password."""
+    if variable in _SECRET_VARIABLES:
+        return ""
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return ""
+    if parts.password:
+        user = f"{parts.username}:***@" if parts.username else "***@"
+        raw = parts._replace(netloc=user + parts.netloc.rpartition("@")[2]).geturl()
+    return f" (got {raw[:80]!r})"
+
+
+#: CHAINFEED_ variables read elsewhere (the dev instance, the test suite, the benchmarks).
+_OTHER_VARIABLES = frozenset(
+    {
+        "CHAINFEED_DEV",
+        "CHAINFEED_DEV_DIR",
+        "CHAINFEED_PROXY_PORT",
+        "CHAINFEED_TEST_DATABASE_URL",
+        "CHAINFEED_TEST_REDIS_URL",
+        "CHAINFEED_CHAOS_LONG",
+        "CHAINFEED_INTERLEAVING_SEEDS",
+        "CHAINFEED_INTERLEAVING_STEPS",
+        "CHAINFEED_FUZZ_EXAMPLES",
+    }
+)
+
+
+def _unknown(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    known = {variable for variable, _ in _VARIABLES.values()} | _OTHER_VARIABLES
+    unknown = sorted(name for name in env if name.startswith("CHAINFEED_") and name not in known)
+    return tuple((name, next(iter(difflib.get_close_matches(name, known, n=1)), "")) for name in unknown)
 
 
 def _url(*schemes: str) -> Callable[[str], str]:

@@ -46,10 +46,12 @@ class ChainFeedError(Exception):
 
 
 class ConfigError(ChainFeedError):
-    """A setting is missing or malformed; ``variable`` names it."""
+    """A setting is missing or malformed; ``variable`` names it (the first, when there are more:
+    ``problems`` lists every ``(variable, problem)``, one per line of the message)."""
 
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
+    def __init__(self, variable: str, problem: str, *, more: tuple[tuple[str, str], ...] = ()) -> None:
+        self.problems = ((variable, problem), *more)
+        super().__init__("\n".join(f"{name}: {what}" for name, what in self.problems))
         self.variable = variable
         self.problem = problem
 

@@ -66,6 +66,8 @@ class Runtime:
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Connect, build every part, start the workers; on exit stop them and close every connection."""
     database_url, redis_url = settings.require_services()
+    for name, meant in settings.unknown_variables:  # a typo silently keeps the default otherwise
+        log.warning("unknown setting ignored", variable=name, **({"did_you_mean": meant} if meant else {}))
     pool = await create_pool(database_url)
     redis = redis_client(redis_url)
     workers: list[asyncio.Task[None]] = []

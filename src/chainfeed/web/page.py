@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from litestar import Response, get
+from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
@@ -32,7 +33,14 @@ def feed_page() -> Response[bytes]:
     )
 
 
+@get("/", sync_to_thread=False, include_in_schema=False)
+def root() -> Redirect:
+    """A browser pointed at the service lands on the feed (it answered 404)."""
+    return Redirect(path="/feed", status_code=302)
+
+
 ROUTES: list[ControllerRouterHandler] = [
+    root,
     feed_page,
     create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False),
 ]
