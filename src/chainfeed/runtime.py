@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from chainfeed.alchemy_api import AlchemyApi
-from chainfeed.broker.client import Redis, redis_client
+from chainfeed.broker.client import REDIS_FAILURES, Redis, redis_client
 from chainfeed.broker.logins import LoginLimiter
 from chainfeed.broker.presence import Presence
 from chainfeed.broker.probe import RedisProbe
@@ -119,6 +119,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        with contextlib.suppress(*REDIS_FAILURES):  # a stopped consumer is not left listed as one
+            await group.leave()
         await redis.aclose()
         await pool.close()
 

@@ -15,6 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from chainfeed.broker.presence import live_consumers
 from chainfeed.errors import NotFoundError
 
 __all__ = [
@@ -48,7 +49,11 @@ def entry_age_seconds(entry_id: str, *, now: float | None = None) -> float:
 class ConsumerInfo:
     name: str
     pending: int
-    idle_seconds: float
+    #: Since XINFO's idea of its last activity; None for a live consumer XINFO does not list yet
+    #: (nothing was delivered to it so far).
+    idle_seconds: float | None
+    #: Its instance's heartbeat is fresh (``presence.live_consumers``); False: stopped.
+    live: bool = False
 
 
 @dataclass
@@ -117,10 +122,13 @@ async def stream_info(redis: Redis, stream: str, dead_letter_stream: str) -> Str
             oldest_pending_age_seconds=entry_age_seconds(oldest_pending, now=now) if oldest_pending else None,
             lag_seconds=entry_age_seconds(oldest, now=now) if oldest else 0.0,
         )
+        live = await live_consumers(redis)
         for consumer in await redis.xinfo_consumers(stream, name):
-            group.consumers.append(
-                ConsumerInfo(consumer["name"], int(consumer["pending"]), int(consumer["idle"]) / 1000)
-            )
+            seen = ConsumerInfo(consumer["name"], int(consumer["pending"]), int(consumer["idle"]) / 1000)
+            seen.live = seen.name in live
+            group.consumers.append(seen)
+        listed = {c.name for c in group.consumers}
+        group.consumers += [ConsumerInfo(name, 0, None, live=True) for name in sorted(live - listed)]
         info.groups.append(group)
     return info
 

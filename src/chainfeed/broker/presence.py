@@ -65,6 +65,24 @@ return now_ms
 """
 
 
+def consumer_of(instance_id: str) -> str:
+    """The stream consumer an instance reads as: its id is ``<consumer name>-<6 hex digits>``."""
+    return instance_id.rsplit("-", 1)[0]
+
+
+async def live_consumers(redis: Redis) -> set[str]:
+    """The consumer names of instances whose heartbeat is fresh (within ``INSTANCE_STALE_MS``).
+
+    What "is this consumer alive" means everywhere: XINFO's ``idle`` counts from the last read
+    attempt only from Redis 7.2 on (before, from the last delivery: a healthy consumer of a quiet
+    stream looked dead), and a stopped consumer stays listed in the group until removed.
+    """
+    seconds, micros = await redis.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    ids = await redis.zrangebyscore(INSTANCES_KEY, now_ms - INSTANCE_STALE_MS, "+inf")
+    return {consumer_of(str(instance_id)) for instance_id in ids}
+
+
 class Presence:
     """This instance's view of the per-user connection sets that every instance shares.
 

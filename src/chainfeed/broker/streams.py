@@ -15,6 +15,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from chainfeed.broker.presence import live_consumers
 from chainfeed.broker.wire import Commands
 
 log = structlog.get_logger(__name__)
@@ -265,10 +266,24 @@ class ConsumerGroup:
         removed = await self._trim(keys=[self.stream], args=[maxlen, TRIM_SCAN_LIMIT])
         return int(removed)
 
-    async def active_consumers(self, *, within_ms: int) -> int:
-        """Consumers that read within ``within_ms`` (XINFO CONSUMERS): the no-consumer alert's gauge."""
-        consumers = await self.redis.xinfo_consumers(self.stream, self.group)
-        return sum(1 for consumer in consumers if int(consumer.get("idle", within_ms)) < within_ms)
+    async def active_consumers(self) -> int:
+        """Live consumers: instances whose heartbeat is fresh (each instance consumes the group).
+
+        The no-consumer alert's gauge. Not XINFO CONSUMERS: a consumer is listed there only once
+        something was delivered to it (a fresh instance on a quiet stream is not), and its
+        ``idle`` counts from the last delivery before Redis 7.2 (a quiet one looked dead).
+        """
+        return len(await live_consumers(self.redis))
+
+    async def leave(self) -> bool:
+        """At shutdown: remove this consumer from the group if it holds nothing pending (what it
+        holds stays for another instance to claim); True when removed."""
+        pending = await self.redis.xpending_range(self.stream, self.group, min="-", max="+", count=1,
+                                                  consumername=self.consumer)  # fmt: skip
+        if pending:
+            return False
+        await self.redis.xgroup_delconsumer(self.stream, self.group, self.consumer)
+        return True
 
     async def remove_stale_consumers(self, *, min_idle_ms: int) -> list[str]:
         """Delete consumers idle for ``min_idle_ms`` that hold no pending entry (never this one)."""

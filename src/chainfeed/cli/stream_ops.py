@@ -64,12 +64,21 @@ def _render(info: StreamInfo) -> str:
             f"  pending         {group.pending}"
             + (f" (oldest {_age(group.oldest_pending_id)})" if group.oldest_pending_id else ""),
             f"  lag             {group.lag_seconds:.1f}s (age of the oldest unacknowledged entry)",
-            f"  consumers       {len(group.consumers)}",
+            f"  consumers       {sum(c.live for c in group.consumers)} live ({len(group.consumers)} listed)",
         ]
         lines += [
-            f"    {c.name:<32} pending {c.pending:<6} idle {c.idle_seconds:.1f}s" for c in group.consumers
+            f"    {c.name:<32} {_state(c.live)} pending {c.pending:<6} idle {_idle(c.idle_seconds)}"
+            for c in group.consumers
         ]
     return "\n".join(lines)
+
+
+def _state(live: bool) -> str:
+    return "live   " if live else "stopped"
+
+
+def _idle(seconds: float | None) -> str:
+    return "- (nothing delivered yet)" if seconds is None else f"{seconds:.1f}s"
 
 
 def list_command(args: argparse.Namespace) -> int:

@@ -46,9 +46,7 @@ class Maintenance:
         metrics.REDIS_STREAM_LENGTH.labels(group.stream).set(stats.length)
         metrics.REDIS_STREAM_PENDING.labels(group.group).set(stats.pending)
         metrics.REDIS_STREAM_CONSUMER_LAG.set(stats.lag_seconds)
-        metrics.REDIS_STREAM_CONSUMERS.labels(group.group).set(
-            await group.active_consumers(within_ms=settings.claim_idle_ms)
-        )
+        metrics.REDIS_STREAM_CONSUMERS.labels(group.group).set(await group.active_consumers())
         trimmed = await group.trim(settings.stream_maxlen)
         if trimmed:
             log.debug("stream trimmed", stream=group.stream, removed=trimmed)

@@ -82,7 +82,7 @@ REDIS_STREAM_RETRIES = Counter(
 )
 REDIS_STREAM_CONSUMERS = Gauge(
     "redis_stream_consumers",
-    "Consumers of the group that were active within the claim window (XINFO CONSUMERS).",
+    "Live consumers of the group: app instances whose heartbeat is fresh (each one consumes).",
     ["group"],
     multiprocess_mode="livemax",
 )
