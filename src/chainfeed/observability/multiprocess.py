@@ -44,7 +44,7 @@ def forget_dead_workers() -> list[int]:
                 pids.add(int(match.group(1)))
     dead = sorted(pid for pid in pids if not _alive(pid))
     for pid in dead:
-        multiprocess.mark_process_dead(pid, directory)
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # untyped upstream
     return dead
 
 
