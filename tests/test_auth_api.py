@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+import asyncpg
 from prometheus_client import REGISTRY
 
 from chainfeed.domain.ratelimit import DEFAULT_LOGIN_POLICY
 from chainfeed.domain.tokens import issue_token
-from tests.conftest import RunningApp
+from tests.conftest import AppFactory, RunningApp
 
 
 async def test_register_returns_a_working_token(app: RunningApp) -> None:
@@ -95,3 +96,30 @@ async def test_me_refuses_missing_forged_expired_and_orphaned_tokens(app: Runnin
         assert response.headers["www-authenticate"] == "Bearer"
     expired = await app.http.get("/api/me", headers=cases["expired"])
     assert expired.json() == {"error": "token expired"}
+
+
+async def test_a_hash_made_with_less_work_is_replaced_at_the_next_login(
+    app_factory: AppFactory, db: asyncpg.Connection
+) -> None:
+    """A user registered under an older, cheaper setting logs in as before, and from then on
+    their stored hash has the current work factor (the old one is gone)."""
+    old = await app_factory(password_work=12)
+    await old.register("upgraded", "the-right-password")
+    before = await db.fetchval("SELECT password_hash FROM users WHERE username = 'upgraded'")
+    assert before.split("$")[1] == str(2**12)
+    new = await app_factory(password_work=13)
+    ok = await new.http.post(
+        "/api/auth/login", json={"username": "upgraded", "password": "the-right-password"}
+    )
+    assert ok.status_code == 200, ok.text
+    after = await db.fetchval("SELECT password_hash FROM users WHERE username = 'upgraded'")
+    assert after.split("$")[1] == str(2**13)
+    again = await new.http.post(
+        "/api/auth/login", json={"username": "upgraded", "password": "the-right-password"}
+    )
+    assert again.status_code == 200
+    assert await db.fetchval("SELECT password_hash FROM users WHERE username = 'upgraded'") == after
+    wrong = await new.http.post(
+        "/api/auth/login", json={"username": "upgraded", "password": "not-the-password"}
+    )
+    assert wrong.status_code == 401

@@ -8,7 +8,13 @@ import jwt
 import pytest
 
 from chainfeed.domain.addresses import normalize_address, normalize_label
-from chainfeed.domain.passwords import hash_password, validate_credentials, verify_password
+from chainfeed.domain.passwords import (
+    DEFAULT_WORK,
+    hash_password,
+    needs_rehash,
+    validate_credentials,
+    verify_password,
+)
 from chainfeed.domain.tokens import decode_token, issue_token
 from chainfeed.errors import AuthError, TokenExpired, ValidationError
 
@@ -89,3 +95,14 @@ def test_missing_token() -> None:
     with pytest.raises(AuthError) as info:
         decode_token("", secret=SECRET)
     assert info.value.reason == "missing token"
+
+
+def test_password_hashes_use_owasps_work_and_tell_when_to_rehash() -> None:
+    assert DEFAULT_WORK == 17
+    cheap = hash_password("hunter2hunter2", work=12)
+    assert verify_password("hunter2hunter2", cheap)
+    assert needs_rehash(cheap, work=13)
+    assert not needs_rehash(cheap, work=12)
+    assert needs_rehash("garbage")
+    bomb = "scrypt$" + str(2**30) + "$8$1$AAAA$AAAA"  # a stored value must not allocate 128 GiB
+    assert not verify_password("x", bomb)

@@ -14,6 +14,7 @@ __all__ = [
     "ensure_watcher",
     "get_user",
     "get_user_by_name",
+    "replace_password_hash",
     "user_exists",
 ]
 
@@ -54,6 +55,14 @@ async def get_user_by_name(pool: asyncpg.Pool, username: str) -> User | None:
     return _user(
         await pool.fetchrow("SELECT id, username, password_hash FROM users WHERE username = $1", username)
     )
+
+
+async def replace_password_hash(pool: asyncpg.Pool, user_id: int, old: str, new: str) -> bool:
+    """Store ``new`` if the user's hash is still ``old`` (a concurrent change wins); True if stored."""
+    status = await pool.execute(
+        "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2", user_id, old, new
+    )
+    return bool(status.endswith(" 1"))
 
 
 async def get_user(pool: asyncpg.Pool, user_id: int) -> User | None:

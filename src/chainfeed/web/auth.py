@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -11,18 +12,27 @@ from litestar import Controller, Request, get, post
 from litestar.di import Provide
 from litestar.params import JSONBody
 
-from chainfeed.domain.passwords import hash_password, login_name, validate_credentials, verify_password
+from chainfeed.domain.passwords import (
+    hash_password,
+    login_name,
+    needs_rehash,
+    validate_credentials,
+    verify_password,
+)
 from chainfeed.domain.tokens import issue_token
 from chainfeed.errors import AuthError, ValidationError
-from chainfeed.storage.users import create_user, get_user_by_name
+from chainfeed.storage.users import create_user, get_user_by_name, replace_password_hash
 from chainfeed.web.deps import RuntimeDep, UserDep, provide_user
 from chainfeed.web.openapi import error_responses
 
 __all__ = ["AuthController", "MeController"]
 
-# A real hash to verify against when the user does not exist, so a login for an unknown name
-# takes as long as one with a wrong password (no user enumeration by timing).
-_DUMMY_HASH = hash_password("not-a-real-password")
+
+@functools.cache
+def _dummy_hash(work: int) -> str:
+    """A real hash to verify against when the user does not exist, so a login for an unknown name
+    takes as long as one with a wrong password (no user enumeration by timing)."""
+    return hash_password("not-a-real-password", work=work)
 
 
 class Credentials(msgspec.Struct, forbid_unknown_fields=False):
@@ -43,10 +53,10 @@ def _session(user: UserDep, runtime: RuntimeDep) -> dict[str, object]:
     }
 
 
-#: scrypt runs in at most this many threads. Each hash takes 16 MiB and a core for ~50 ms: more
-#: threads only add latency, and with anyio's default 40 a burst of logins held ~800 MiB of
-#: RSS for good (each thread's malloc arena keeps its peak; seen in bench/soak.py).
-_KDF_THREADS = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
+#: scrypt runs in at most this many threads, one per core. Each hash takes 128 MiB and a core for
+#: ~0.6 s: more threads only add latency, and with anyio's default 40 a burst of logins held its
+#: peak RSS for good (each thread's malloc arena keeps it; seen in bench/soak.py).
+_KDF_THREADS = anyio.CapacityLimiter(max(1, min(2, os.cpu_count() or 1)))
 
 
 class AuthController(Controller):
@@ -58,7 +68,10 @@ class AuthController(Controller):
     async def register(self, data: JSONBody[Credentials], runtime: RuntimeDep) -> dict[str, object]:
         """Create an account (409 if the name is taken) and return a token for it."""
         username, password = validate_credentials(data.username, data.password)
-        password_hash = await anyio.to_thread.run_sync(hash_password, password, limiter=_KDF_THREADS)
+        work = runtime.settings.password_work
+        password_hash = await anyio.to_thread.run_sync(
+            functools.partial(hash_password, password, work=work), limiter=_KDF_THREADS
+        )
         user = await create_user(runtime.pool, username, password_hash)
         return _session(user, runtime)
 
@@ -77,13 +90,19 @@ class AuthController(Controller):
         except ValidationError:
             await limiter.failed(account, ip)
             raise AuthError("invalid username or password") from None
+        work = runtime.settings.password_work
         user = await get_user_by_name(runtime.pool, username)
-        stored = user.password_hash if user else _DUMMY_HASH
+        stored = user.password_hash if user else _dummy_hash(work)
         valid = await anyio.to_thread.run_sync(verify_password, password, stored, limiter=_KDF_THREADS)
         if user is None or not valid:
             await limiter.failed(username, ip)
             raise AuthError("invalid username or password")
         await limiter.succeeded(username)
+        if needs_rehash(stored, work=work):  # made with less work: replace it now we know the password
+            fresh = await anyio.to_thread.run_sync(
+                functools.partial(hash_password, password, work=work), limiter=_KDF_THREADS
+            )
+            await replace_password_hash(runtime.pool, user.id, stored, fresh)
         return _session(user, runtime)
 
 
