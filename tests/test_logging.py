@@ -7,13 +7,17 @@ asyncpg, redis) writes what it has.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import httpx
+import pytest
+import structlog
 from websockets.asyncio.client import connect
 
 from chainfeed.config import Settings
 from chainfeed.domain.tokens import issue_token
+from chainfeed.observability.logging import configure_logging
 from tests.delivery_support import eventually, recv_frames
 from tests.ingest_support import activity, address, sign, webhook
 from tests.observability_support import serve
@@ -69,3 +73,25 @@ async def test_served_logs_are_json_with_ids_and_no_secrets(settings: Settings, 
     assert (
         any(line.get("entry_id") for line in lines if line.get("logger", "").startswith("chainfeed")) or frame
     )
+
+
+def test_a_secret_inside_an_exception_is_redacted_in_its_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    """structlog's and the stdlib's loggers alike: the traceback is text before redaction runs."""
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXNlY3JldA"
+    configure_logging(fmt="json")
+
+    def refused() -> None:
+        raise RuntimeError(f"upstream refused ws://h/ws?token={token} (Bearer {token})")
+
+    try:
+        refused()
+    except RuntimeError:
+        structlog.get_logger("test").exception("boom")
+        logging.getLogger("uvicorn.error").exception("boom from the stdlib")
+    _, err = capfd.readouterr()
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert len(lines) == 2
+    for line in lines:
+        assert "RuntimeError" in line["exception"]
+        assert token not in json.dumps(line)
+        assert "[redacted]" in line["exception"]

@@ -62,6 +62,9 @@ def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Tracebacks become text before redaction, so a secret in an exception's message (or a
+        # local's repr in a frame line) is masked like any other field.
+        structlog.processors.format_exc_info,
         _redact_processor,
     ]
     renderer: Any = (
@@ -73,7 +76,6 @@ def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
         processors=[
             structlog.stdlib.filter_by_level,
             *shared,
-            structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
