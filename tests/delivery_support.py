@@ -141,6 +141,7 @@ async def served_in_subprocess(
         "CHAINFEED_ALCHEMY_SIGNING_KEYS": ",".join(settings.alchemy_signing_keys),
         "CHAINFEED_LOG_FORMAT": "json",
         "CHAINFEED_PASSWORD_WORK": str(settings.password_work),
+        "CHAINFEED_REGISTRATIONS_PER_IP_HOUR": str(settings.registrations_per_ip_hour),
         **env,
     }
     command = [sys.executable, "-m", "chainfeed", "serve", "--host", "127.0.0.1", "--port", str(port), *args]

@@ -377,3 +377,20 @@ async def test_login_fails_open_when_redis_is_down(app_factory: AppFactory) -> N
     await app.register("alone", "the-right-password")
     ok = await app.http.post("/api/auth/login", json={"username": "alone", "password": "the-right-password"})
     assert ok.status_code == 200
+
+
+async def test_registrations_from_one_ip_are_rate_limited(app_factory: AppFactory) -> None:
+    """Each registration costs a password hash and opens a fresh per-account limit: past the
+    per-IP allowance (here 3 an hour), registering answers 429 with Retry-After, and is counted."""
+    app = await app_factory(registrations_per_ip_hour=3)
+    before = metric("auth_login_rate_limited_total", scope="registration")
+    for i in range(3):
+        await app.register(f"sybil{i}")
+    refused = await app.http.post(
+        "/api/auth/register", json={"username": "sybil9", "password": "correct-horse"}
+    )
+    assert refused.status_code == 429, refused.text
+    assert 0 < int(refused.headers["Retry-After"]) <= 3600
+    assert metric("auth_login_rate_limited_total", scope="registration") == before + 1
+    login = await app.http.post("/api/auth/login", json={"username": "sybil0", "password": "correct-horse"})
+    assert login.status_code == 200  # logging in is not registering

@@ -59,6 +59,8 @@ class Settings:
     max_addresses_per_user: int = 100
     #: log2 of scrypt's N for new password hashes (OWASP: 17); older hashes are replaced at login.
     password_work: int = 17
+    #: Registrations one client IP may make per hour (each costs a password hash).
+    registrations_per_ip_hour: int = 20
     webhook_max_bytes: int = 1024 * 1024
     alchemy_api_url: str = "https://dashboard.alchemy.com/api"
     alchemy_auth_token: str = field(default="", repr=False)
@@ -263,6 +265,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "listen_backlog": ("CHAINFEED_LISTEN_BACKLOG", _positive_int),
     "log_format": ("CHAINFEED_LOG_FORMAT", _log_format),
     "password_work": ("CHAINFEED_PASSWORD_WORK", _positive_int),
+    "registrations_per_ip_hour": ("CHAINFEED_REGISTRATIONS_PER_IP_HOUR", _positive_int),
     "log_level": ("CHAINFEED_LOG_LEVEL", _log_level),
     "alchemy_api_url": ("CHAINFEED_ALCHEMY_API_URL", _url("https://", "http://")),
     "alchemy_auth_token": ("CHAINFEED_ALCHEMY_AUTH_TOKEN", str),

@@ -12,6 +12,7 @@ __all__ = [
     "INSTANCES_KEY",
     "LOGIN_IP_PREFIX",
     "LOGIN_USER_PREFIX",
+    "REGISTER_IP_PREFIX",
     "RESYNC_MARKER_CHANNEL",
     "USER_CHANNEL_PREFIX",
     "USER_CONNECTIONS_PREFIX",
@@ -50,6 +51,8 @@ HIGH_WATER_KEY = "feed:high_water"
 #: Failed-login counters (fixed windows) per account name and per client IP.
 LOGIN_USER_PREFIX = "ratelimit:login:user:"
 LOGIN_IP_PREFIX = "ratelimit:login:ip:"
+#: Registrations per client IP in the current window (``domain.ratelimit``).
+REGISTER_IP_PREFIX = "ratelimit:register:ip:"
 
 
 def user_channel(user_id: int) -> str:

@@ -29,6 +29,7 @@ from chainfeed.config import Settings
 from chainfeed.delivery.consumer import Consumer
 from chainfeed.delivery.hub import Hub
 from chainfeed.delivery.maintenance import Maintenance
+from chainfeed.domain.ratelimit import Limit, LoginPolicy
 from chainfeed.ingest.alchemy_sync import AddressSync, AlchemySync, SyncOff, sync_settings_summary
 from chainfeed.ingest.relay import OutboxRelay
 from chainfeed.storage import create_pool
@@ -98,7 +99,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             relay=relay,
             probe=RedisProbe(redis),
             hub=hub,
-            logins=LoginLimiter(redis),
+            logins=LoginLimiter(redis, _login_policy(settings)),
             address_sync=_address_sync(settings, pool),
             workers=workers,
         )
@@ -123,6 +124,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             await group.leave()
         await redis.aclose()
         await pool.close()
+
+
+def _login_policy(settings: Settings) -> LoginPolicy:
+    """The SPEC's login limits, with the configured registrations per IP per hour."""
+    return LoginPolicy(registrations_per_ip=Limit(settings.registrations_per_ip_hour, 3600))
 
 
 def _address_sync(settings: Settings, pool: Pool) -> AddressSync:

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from chainfeed.domain.ratelimit import DEFAULT_LOGIN_POLICY, Limit, LoginPolicy, retry_after
 from chainfeed.errors import RateLimitedError
-from chainfeed.names import LOGIN_IP_PREFIX, LOGIN_USER_PREFIX
+from chainfeed.names import LOGIN_IP_PREFIX, LOGIN_USER_PREFIX, REGISTER_IP_PREFIX
 from chainfeed.observability.metrics import AUTH_LOGIN_RATE_LIMITED
 
 __all__ = ["LoginLimiter"]
@@ -70,6 +70,25 @@ class LoginLimiter:
             await pipe.execute()
         except RedisError as exc:
             log.warning("login rate limit unavailable; failure not counted", error=type(exc).__name__)
+
+    async def registration(self, ip: str) -> None:
+        """Count a registration from ``ip``; RateLimitedError once the IP is past its limit."""
+        limit = self._policy.registrations_per_ip
+        key = f"{REGISTER_IP_PREFIX}{ip}"
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(key, 0, ex=limit.window_seconds, nx=True)
+            pipe.incr(key)
+            pipe.pttl(key)
+            _, count, ttl_ms = await pipe.execute()
+        except RedisError as exc:
+            log.warning("registration rate limit unavailable; not limiting", error=type(exc).__name__)
+            return
+        wait = retry_after(int(count) - 1, int(ttl_ms), limit)  # this one is allowed up to the limit
+        if wait is not None:
+            AUTH_LOGIN_RATE_LIMITED.labels(scope="registration").inc()
+            log.warning("registration rate limited", scope="registration", retry_after=wait)
+            raise RateLimitedError(wait)
 
     async def succeeded(self, username: str) -> None:
         """A right password clears the account's count (never the IP's)."""

@@ -5,6 +5,10 @@ starts at the first failure and lasts ``window_seconds``; once ``attempts`` fail
 every login for that account (or from that IP) is refused with 429 and ``Retry-After`` = the rest
 of the window, before any password is checked. A successful login clears its account's count
 (not the IP's: one right password must not reset a sweep over many accounts).
+
+Registrations are counted per IP whether they succeed or not (each costs a password hash, and
+each account is a fresh per-account limit for a guesser): past ``registrations_per_ip`` in its
+window, registering answers 429 too.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class LoginPolicy:
 
     per_account: Limit = Limit(attempts=10, window_seconds=300)
     per_ip: Limit = Limit(attempts=100, window_seconds=300)
+    registrations_per_ip: Limit = Limit(attempts=20, window_seconds=3600)
 
 
 DEFAULT_LOGIN_POLICY = LoginPolicy()

@@ -126,7 +126,7 @@ ALCHEMY_SYNC_LAST_SUCCESS = Gauge(
 # --- Auth ------------------------------------------------------------------------------------
 AUTH_LOGIN_RATE_LIMITED = Counter(
     "auth_login_rate_limited_total",
-    "Logins refused with 429 by the rate limiter, by the limit that refused them (account, ip).",
+    "Logins and registrations refused with 429, by the limit that refused them (account, ip, registration).",
     ["scope"],
 )
 for _scope in ("account", "ip"):  # exported as 0 from the start: a panel or rate() sees no gap

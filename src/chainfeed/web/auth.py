@@ -64,9 +64,13 @@ class AuthController(Controller):
 
     path = "/api/auth"
 
-    @post("/register", status_code=201, responses=error_responses(400, 409, 413, 503))
-    async def register(self, data: JSONBody[Credentials], runtime: RuntimeDep) -> dict[str, object]:
-        """Create an account (409 if the name is taken) and return a token for it."""
+    @post("/register", status_code=201, responses=error_responses(400, 409, 413, 429, 503))
+    async def register(
+        self, data: JSONBody[Credentials], runtime: RuntimeDep, request: Request[Any, Any, Any]
+    ) -> dict[str, object]:
+        """Create an account (409 if the name is taken) and return a token for it; 429 with
+        Retry-After past the registrations one IP may make in an hour."""
+        await runtime.logins.registration(request.client.host if request.client else "unknown")
         username, password = validate_credentials(data.username, data.password)
         work = runtime.settings.password_work
         password_hash = await anyio.to_thread.run_sync(
