@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,11 @@ from chainfeed.runtime import Runtime
 from chainfeed.storage import migrate
 from chainfeed.web import create_app
 from chainfeed.web.server import uvicorn_config
+
+# A `chainfeed dev` running in this checkout must not lend its settings to the CLI runs of the
+# tests (the CLI looks for one in CHAINFEED_DEV_DIR, ./.chainfeed by default): point it at an
+# empty folder, inherited by every subprocess.
+os.environ.setdefault("CHAINFEED_DEV_DIR", tempfile.mkdtemp(prefix="chainfeed-test-nodev-"))
 
 JWT_SECRET = "test-secret-" + "x" * 40
 #: log2 of scrypt's N in tests (production: 17).

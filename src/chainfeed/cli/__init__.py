@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from chainfeed.cli.devstate import parse_args
 from chainfeed.cli.parser import build_parser
 from chainfeed.errors import ChainFeedError
 
@@ -40,7 +41,9 @@ def _unreachable(exc: Exception) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    # The hook before any handler runs: a `chainfeed dev` running on this folder supplies, as
+    # defaults, the settings the environment lacks (chainfeed.cli.devstate).
+    args = parse_args(build_parser(), argv)
     try:
         return _handler(args.handler)(args)
     except ChainFeedError as exc:

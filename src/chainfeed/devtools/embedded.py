@@ -133,6 +133,8 @@ class EmbeddedPostgres:
     port: int = 0
     database: str = "chainfeed"
     _bin: Path | None = None
+    #: ``pg_ctl start`` was run (perhaps cut short): from then on there may be a server to stop.
+    _launched: bool = False
 
     @property
     def url(self) -> str:
@@ -150,6 +152,7 @@ class EmbeddedPostgres:
         self._own(self.data_dir)
         self._stop_leftover()
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories= -c fsync=on"
+        self._launched = True
         self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"),
                   "-o", options, "-w", "-t", "30", "start")  # fmt: skip
         _wait_for_port(self.port, timeout=10, what="PostgreSQL", log=self.data_dir / "server.log")
@@ -157,8 +160,13 @@ class EmbeddedPostgres:
         return self.url
 
     def stop(self) -> None:
-        """Stop with a fast shutdown (committed data is on disk)."""
-        if self._bin is not None and (self.data_dir / "postmaster.pid").exists():
+        """Stop with a fast shutdown (committed data is on disk).
+
+        Only a server this object launched: stopped during ``initdb`` (Ctrl-C or SIGTERM on a
+        first run), the postmaster.pid there is initdb's own single-user server's, which pg_ctl
+        refuses to stop and which ends with initdb.
+        """
+        if self._bin is not None and self._launched and (self.data_dir / "postmaster.pid").exists():
             with contextlib.suppress(subprocess.CalledProcessError):
                 self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
 
