@@ -1,13 +1,16 @@
-"""Monitoring and deployment files: alert rules, their unit tests, Prometheus, Grafana, compose.
+"""Monitoring and deployment files: alert rules, their unit tests, Prometheus, Alertmanager,
+Grafana, compose.
 
-The rules and the configuration are checked by Prometheus' own ``promtool``, the compose file by
-``docker-compose config``, the proxy by ``nginx -t`` (all installed by scripts/install-test-deps).
+The rules and the configuration are checked by Prometheus' own ``promtool``, the Alertmanager
+routing by ``amtool``, the compose file by ``docker-compose config``, the proxy by ``nginx -t``
+(all installed by scripts/install-test-deps).
 Every query of a dashboard panel or an alert may name only metrics the app exports, and every
 metric the app defines must be on the dashboard.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -41,6 +44,7 @@ from tests.prometheus_harness import (
     run,
     wait_until,
 )
+from tests.test_alertmanager_live import ALERTMANAGER, ALERTMANAGER_CONFIG, commented_receivers
 
 #: The SPEC's alerts, each with a fragment of its expression and its threshold.
 SPEC_ALERTS = {
@@ -67,7 +71,13 @@ SPEC_ENV = {
     "CHAINFEED_JWT_SECRET",
     "CHAINFEED_ALCHEMY_SIGNING_KEYS",
 }
-COMPOSE_SECRETS = {"CHAINFEED_JWT_SECRET": "j" * 40, "CHAINFEED_ALCHEMY_SIGNING_KEYS": "whsec_a,whsec_b"}
+COMPOSE_SECRETS = {
+    "CHAINFEED_JWT_SECRET": "j" * 40,
+    "CHAINFEED_ALCHEMY_SIGNING_KEYS": "whsec_a,whsec_b",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-test-password",
+}
+#: severity label -> the Alertmanager receiver it must reach, and how often it repeats.
+RECEIVERS = {"critical": ("pager", "1h"), "warning": ("tickets", "12h")}
 
 
 def _one_line(expr: str) -> str:
@@ -296,6 +306,159 @@ def test_every_app_metric_is_on_the_dashboard() -> None:
     assert missing == []
 
 
+# --- Alertmanager ----------------------------------------------------------------------------------
+def _amtool_check(config: Path) -> subprocess.CompletedProcess[str]:
+    return run([require_tool("amtool"), "check-config", str(config)])
+
+
+def test_alertmanager_config_passes_amtool_check() -> None:
+    """``amtool check-config`` accepts monitoring/alertmanager/alertmanager.yml, templates included."""
+    result = _amtool_check(ALERTMANAGER_CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+    assert " - 0 templates" not in result.stdout, "templates/*.tmpl not found next to the config"
+
+
+def test_alertmanager_config_passes_amtool_as_compose_mounts_it(
+    tmp_path: Path, compose: dict[str, Any]
+) -> None:
+    """Mounted as compose does, the config finds its templates (``templates/*.tmpl``, relative)."""
+    service = compose["services"]["alertmanager"]
+    root = tmp_path / "container"
+    for volume in service["volumes"]:
+        source, target = _bind(volume)
+        if source is None:
+            continue
+        destination = root / target.lstrip("/")
+        if source.is_dir():
+            destination.mkdir(parents=True)
+            for file in source.iterdir():
+                (destination / file.name).write_bytes(file.read_bytes())
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(source.read_bytes())
+    result = _amtool_check(root / "etc/alertmanager/alertmanager.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    templates = len(list((ALERTMANAGER / "templates").glob("*.tmpl")))
+    assert templates >= 1
+    assert f" - {templates} templates" in result.stdout, result.stdout
+
+
+def test_every_alert_reaches_the_receiver_of_its_severity() -> None:
+    """``amtool config routes test`` with each rule's labels: critical pages, warning is a ticket."""
+    amtool = require_tool("amtool")
+    for rule in alert_rules():
+        labels = {"alertname": rule["alert"], "service": "chainfeed", **rule["labels"]}
+        receiver, _ = RECEIVERS[labels["severity"]]
+        result = run(
+            [
+                amtool,
+                "config",
+                "routes",
+                "test",
+                f"--config.file={ALERTMANAGER_CONFIG}",
+                f"--verify.receivers={receiver}",
+                *(f"{key}={value}" for key, value in labels.items()),
+            ]
+        )
+        assert result.returncode == 0, f"{rule['alert']}: {result.stdout}{result.stderr}"
+        assert result.stdout.split() == [receiver], rule["alert"]
+
+
+def test_alertmanager_routes_repeat_and_group_as_documented() -> None:
+    """Pager every hour, tickets every 12 hours; grouped by alert and its stage labels, not instance."""
+    route = load_yaml(ALERTMANAGER_CONFIG)["route"]
+    by_severity = {}
+    for child in route["routes"]:
+        (matcher,) = child["matchers"]
+        severity = re.fullmatch(r'severity="(\w+)"', matcher)
+        assert severity, matcher
+        by_severity[severity.group(1)] = (
+            child["receiver"],
+            child.get("repeat_interval", route["repeat_interval"]),
+        )
+    assert by_severity == RECEIVERS
+    assert "alertname" in route["group_by"]
+    assert "instance" not in route["group_by"]
+    assert route["group_wait"]
+    assert route["group_interval"]
+
+
+_AGGREGATION = re.compile(
+    r"\b(sum|min|max|avg|group|stddev|stdvar|count|count_values|bottomk|topk|quantile|absent)\s*(by|without|\()"
+)
+
+
+def test_inhibition_names_real_alerts_and_labels_they_carry() -> None:
+    """Each inhibit rule's source is an alert of alerts.yml, and its ``equal`` labels are labels that
+    alert carries (its own, Prometheus' external ones, or the target's when nothing aggregates them
+    away): a renamed alert or label would silently turn the rule off."""
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    external = set(load_yaml(PROMETHEUS_CONFIG)["global"]["external_labels"])
+    sources = {}
+    for inhibit in load_yaml(ALERTMANAGER_CONFIG)["inhibit_rules"]:
+        (matcher,) = inhibit["source_matchers"]
+        name = re.fullmatch(r'alertname="(\w+)"', matcher)
+        assert name, matcher
+        assert name.group(1) in rules, matcher
+        alert = rules[name.group(1)]
+        carried = set(alert["labels"]) | external
+        if not _AGGREGATION.search(alert["expr"]):
+            carried |= {"instance", "job"}
+        assert set(inhibit["equal"]) <= carried, (name.group(1), inhibit["equal"], carried)
+        sources[name.group(1)] = inhibit
+    assert sources["ChainFeedInstanceDown"]["equal"] == ["instance"]
+    assert sources["ChainFeedDown"]["equal"] == ["service"]
+
+
+def test_notification_template_carries_summary_and_runbook() -> None:
+    """The template renders (amtool) and puts each alert's summary and runbook in its text."""
+    text = "\n".join(path.read_text(encoding="utf-8") for path in (ALERTMANAGER / "templates").glob("*.tmpl"))
+    body = text.split('define "chainfeed.text"', 1)[1].split("{{ end -}}\n{{- end }}", 1)[0]
+    assert "range .Alerts" in body
+    assert ".Annotations.summary" in body
+    assert ".Annotations.runbook" in body
+    result = run(
+        [
+            require_tool("amtool"),
+            "template",
+            "render",
+            f"--template.glob={ALERTMANAGER / 'templates'}/*.tmpl",
+            '--template.text={{ template "chainfeed.title" . }}\n{{ template "chainfeed.text" . }}',
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Summary:" in result.stdout
+    assert "Runbook:" in result.stdout
+
+
+def test_receivers_are_marked_placeholders_and_the_examples_are_valid(tmp_path: Path) -> None:
+    """The committed webhooks never reach anyone by accident (``.invalid``); the PagerDuty and Slack
+    examples in the comments, swapped in, pass ``amtool check-config`` with the same templates."""
+    config = load_yaml(ALERTMANAGER_CONFIG)
+    names = {receiver["name"] for receiver in config["receivers"]}
+    assert names == {receiver for receiver, _ in RECEIVERS.values()}
+    for receiver in config["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            assert httpx.URL(hook["url"]).host.endswith(".invalid"), hook["url"]
+    examples = commented_receivers()
+    assert {key for example in examples for key in example if key != "name"} == {
+        "pagerduty_configs",
+        "slack_configs",
+    }
+    assert {example["name"] for example in examples} == names
+    uses = [json.dumps(example) for example in examples]
+    assert all('template \\"chainfeed.' in use for use in uses), "examples should use the template"
+    config["receivers"] = examples
+    (tmp_path / "templates").mkdir()
+    for path in (ALERTMANAGER / "templates").glob("*.tmpl"):
+        (tmp_path / "templates" / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    swapped = tmp_path / "alertmanager.yml"
+    swapped.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = _amtool_check(swapped)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --- Grafana ---------------------------------------------------------------------------------------
 def test_grafana_datasource_points_at_compose_prometheus() -> None:
     """The provisioned datasource is the compose Prometheus, with the uid the panels use."""
@@ -364,15 +527,40 @@ def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
 
 
 # --- docker compose ------------------------------------------------------------------------------
-def test_compose_file_validates_with_the_example_env(tmp_path: Path) -> None:
-    """``docker-compose config`` accepts the file with .env.example's values."""
-    values = dict(
+def _example_env() -> dict[str, str]:
+    return dict(
         line.split("=", 1)
         for line in (REPO / ".env.example").read_text(encoding="utf-8").splitlines()
         if line and not line.startswith("#")
     )
-    result = _compose_config(tmp_path, values)
+
+
+def test_compose_file_validates_with_the_example_env(tmp_path: Path) -> None:
+    """``docker-compose config`` accepts the file with .env.example's values once the Grafana
+    password (empty there on purpose) is chosen."""
+    values = _example_env()
+    assert values["GRAFANA_ADMIN_PASSWORD"] == "", ".env.example must not suggest a Grafana password"
+    result = _compose_config(tmp_path, {**values, "GRAFANA_ADMIN_PASSWORD": "chosen-by-the-operator"})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("how", ["unset", "empty"])
+def test_compose_refuses_to_start_without_the_grafana_password(tmp_path: Path, how: str) -> None:
+    """No default admin password: unset or empty (as in .env.example), compose stops naming it."""
+    env = {key: value for key, value in COMPOSE_SECRETS.items() if key != "GRAFANA_ADMIN_PASSWORD"}
+    if how == "empty":
+        env["GRAFANA_ADMIN_PASSWORD"] = ""
+    result = _compose_config(tmp_path, env)
+    assert result.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+
+
+def test_compose_grafana_gets_the_chosen_password(compose: dict[str, Any]) -> None:
+    """The password reaches Grafana as set, and compose.yml carries no fallback value for it."""
+    env = compose["services"]["grafana"]["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == COMPOSE_SECRETS["GRAFANA_ADMIN_PASSWORD"]
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert re.search(r"GF_SECURITY_ADMIN_PASSWORD: \$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", text)
 
 
 def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
@@ -392,6 +580,35 @@ def test_compose_app_uses_the_spec_settings(compose: dict[str, Any]) -> None:
     assert env["CHAINFEED_JWT_SECRET"] == COMPOSE_SECRETS["CHAINFEED_JWT_SECRET"]
     known = set(re.findall(r'"(CHAINFEED_[A-Z_]+)"', (REPO / "src/chainfeed/config.py").read_text()))
     assert {name for name in env if name.startswith("CHAINFEED_")} <= known
+
+
+def test_compose_app_trusts_forwarded_for_only_from_the_proxy(compose: dict[str, Any]) -> None:
+    """FORWARDED_ALLOW_IPS is the proxy's fixed address, inside the network's subnet and outside
+    the range Docker hands out to other containers (which could otherwise claim it)."""
+    services = compose["services"]
+    trusted = services["app"]["environment"]["FORWARDED_ALLOW_IPS"]
+    assert trusted != "*"
+    proxy_address = ipaddress.ip_address(services["proxy"]["networks"]["default"]["ipv4_address"])
+    assert [ipaddress.ip_address(host.strip()) for host in trusted.split(",")] == [proxy_address]
+    (pool,) = compose["networks"]["default"]["ipam"]["config"]
+    assert proxy_address in ipaddress.ip_network(pool["subnet"])
+    assert proxy_address not in ipaddress.ip_network(pool["ip_range"])
+    for name, service in services.items():
+        assert set(service.get("networks", {"default": None})) == {"default"}, name
+
+
+def test_compose_runs_alertmanager_and_prometheus_sends_to_it(compose: dict[str, Any]) -> None:
+    """A pinned Alertmanager with the committed config and templates; Prometheus' alerting points
+    at it; its UI is published on 127.0.0.1 only."""
+    service = compose["services"]["alertmanager"]
+    assert re.fullmatch(r"prom/alertmanager:v\d+\.\d+\.\d+", service["image"]), service["image"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in service["command"]
+    mounts = dict(_bind(volume) for volume in service["volumes"])
+    assert mounts[ALERTMANAGER_CONFIG] == "/etc/alertmanager/alertmanager.yml"
+    assert mounts[ALERTMANAGER / "templates"] == "/etc/alertmanager/templates"
+    assert [_host_ip(port) for port in service["ports"]] == ["127.0.0.1"]
+    (manager,) = load_yaml(PROMETHEUS_CONFIG)["alerting"]["alertmanagers"]
+    assert manager["static_configs"] == [{"targets": ["alertmanager:9093"]}]
 
 
 def test_compose_runs_every_part_and_scales_the_app(compose: dict[str, Any]) -> None:
@@ -423,6 +640,14 @@ def test_compose_runs_every_part_and_scales_the_app(compose: dict[str, Any]) -> 
             assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
         for dependency in service.get("depends_on", {}).values():
             assert dependency["condition"] == "service_healthy", name
+
+
+def _host_ip(port: Any) -> str:
+    """The host address a resolved compose port is published on ("" for all of them)."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", ""))
+    parts = str(port).split(":")
+    return parts[0] if len(parts) == 3 else ""
 
 
 def _bind(volume: Any) -> tuple[Path | None, str]:
@@ -487,3 +712,16 @@ def test_nginx_spreads_over_replicas_upgrades_websockets_and_logs_no_token() -> 
     for leaky in ("$request ", '$request"', "$request_uri", "$args", "$query_string", "$arg_"):
         assert leaky not in log_format
     assert re.search(r"access_log\s+\S+\s+chainfeed;", code)
+
+
+def test_nginx_forwards_the_peer_address_and_hides_internal_endpoints() -> None:
+    """X-Forwarded-For is replaced by the peer's address (never appended to); /metrics and /readyz
+    are refused (tests/test_proxy.py checks both against a running nginx)."""
+    text = (REPO / "deploy/nginx.conf").read_text(encoding="utf-8")
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    assert re.findall(r"proxy_set_header\s+X-Forwarded-For\s+([^;]+);", code) == ["$remote_addr"]
+    assert "$proxy_add_x_forwarded_for" not in code
+    for path in ("/metrics", "/readyz"):
+        block = re.search(r"location\s+(?:\^~|=)\s+" + re.escape(path) + r"\s*\{([^}]*)\}", code)
+        assert block, f"no location for {path}"
+        assert re.fullmatch(r"\s*return\s+40[34];\s*", block.group(1)), block.group(1)
