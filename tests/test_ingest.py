@@ -313,3 +313,28 @@ async def test_one_log_event_per_webhook_without_the_signature(app: RunningApp, 
     assert lines[0]["event"] == "webhook ingested"
     assert (lines[0]["activities"], lines[0]["new_feed_items"]) == (1, 0)
     assert signature not in json.dumps(lines)
+
+
+async def test_a_user_past_the_per_minute_budget_gets_no_more_items_others_are_unaffected(
+    app_factory: Any, db: asyncpg.Connection
+) -> None:
+    """A watcher of a hot contract: at most CHAINFEED_FEED_ITEMS_PER_USER_MINUTE items a minute
+    (here 3); the rest of the transfers are stored without an item for them, and counted."""
+    app = await app_factory(feed_items_per_user_minute=3)
+    metrics = Metrics()
+    _, hot_token = await _user_watching(app, ME)
+    await _user_watching(app, BOB)
+    first = await post_webhook(app, webhook(*(activity("external", frm=ALICE, to=ME) for _ in range(5))))
+    assert first.json() == {"activities": 5, "new_feed_items": 3}
+    second = await post_webhook(
+        app, webhook(activity("external", frm=ALICE, to=ME), activity("external", frm=ALICE, to=BOB))
+    )
+    assert second.json() == {"activities": 2, "new_feed_items": 1}  # BOB's; ME is still past it
+    assert await _count(db, "transactions") == 7
+    assert metrics.delta("feed_items_suppressed_total") == 3
+    feed = (await app.http.get("/api/feed", headers={"Authorization": f"Bearer {hot_token}"})).json()["items"]
+    assert len(feed) == 3
+    # A new minute starts a new budget.
+    await db.execute("UPDATE feed_budget SET window_start = window_start - interval '1 minute'")
+    third = await post_webhook(app, webhook(activity("external", frm=ALICE, to=ME)))
+    assert third.json()["new_feed_items"] == 1

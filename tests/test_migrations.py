@@ -56,7 +56,11 @@ async def test_008_keeps_a_removed_transfer_removed_and_its_item_updatable(migra
         finally:
             await conn.close()
 
-        assert await migrate(url) == ["008_quarantine_and_reorgs.sql", "009_reorg_pending.sql"]
+        assert await migrate(url) == [
+            "008_quarantine_and_reorgs.sql",
+            "009_reorg_pending.sql",
+            "010_feed_budget.sql",
+        ]
         pool = await create_pool(url, max_size=2)
         try:
             stale = await store_webhook(pool, parse_webhook(json.dumps(webhook(mined)).encode()))

@@ -61,6 +61,8 @@ class Settings:
     password_work: int = 17
     #: Registrations one client IP may make per hour (each costs a password hash).
     registrations_per_ip_hour: int = 20
+    #: Feed items one user may get per minute; past it, transfers are stored but make no item.
+    feed_items_per_user_minute: int = 600
     webhook_max_bytes: int = 1024 * 1024
     alchemy_api_url: str = "https://dashboard.alchemy.com/api"
     alchemy_auth_token: str = field(default="", repr=False)
@@ -266,6 +268,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "log_format": ("CHAINFEED_LOG_FORMAT", _log_format),
     "password_work": ("CHAINFEED_PASSWORD_WORK", _positive_int),
     "registrations_per_ip_hour": ("CHAINFEED_REGISTRATIONS_PER_IP_HOUR", _positive_int),
+    "feed_items_per_user_minute": ("CHAINFEED_FEED_ITEMS_PER_USER_MINUTE", _positive_int),
     "log_level": ("CHAINFEED_LOG_LEVEL", _log_level),
     "alchemy_api_url": ("CHAINFEED_ALCHEMY_API_URL", _url("https://", "http://")),
     "alchemy_auth_token": ("CHAINFEED_ALCHEMY_AUTH_TOKEN", str),

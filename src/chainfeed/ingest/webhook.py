@@ -41,11 +41,12 @@ from chainfeed.observability.metrics import (
     ACTIVITIES_INGESTED,
     ACTIVITIES_QUARANTINED,
     FEED_ITEMS_CREATED,
+    FEED_ITEMS_SUPPRESSED,
     STAGE_DURATION,
     WEBHOOK_REQUESTS,
 )
 from chainfeed.observability.tracing import inject_context, tracer
-from chainfeed.storage.ingest import StoredWebhook, store_webhook
+from chainfeed.storage.ingest import DEFAULT_ITEMS_PER_MINUTE, StoredWebhook, store_webhook
 from chainfeed.storage.pool import POSTGRES_DOWN, InputRefused, Pool
 
 __all__ = ["STORE_TIMEOUT", "IngestResult", "ingest_webhook", "reject_too_large"]
@@ -90,6 +91,7 @@ async def ingest_webhook(
     pool: Pool,
     relay: OutboxRelay,
     probe: RedisProbe,
+    items_per_minute: int = DEFAULT_ITEMS_PER_MINUTE,
 ) -> IngestResult:
     """Verify, parse and store one delivery; raises AuthError, ValidationError or UnavailableError."""
     started = time.perf_counter()
@@ -117,7 +119,7 @@ async def ingest_webhook(
                 _reject("unavailable", part="redis")
                 span.set_status(Status(StatusCode.ERROR, "redis unavailable"))
                 raise UnavailableError("redis")
-            webhook, stored = await _store(pool, webhook)
+            webhook, stored = await _store(pool, webhook, items_per_minute)
         if stored.new_feed_items:
             relay.wake()
         _accepted(webhook, stored, elapsed=time.perf_counter() - started)
@@ -125,11 +127,11 @@ async def ingest_webhook(
                             quarantined=len(webhook.quarantined))  # fmt: skip
 
 
-async def _store(pool: Pool, webhook: Webhook) -> tuple[Webhook, StoredWebhook]:
+async def _store(pool: Pool, webhook: Webhook, items_per_minute: int) -> tuple[Webhook, StoredWebhook]:
     """Store the delivery; if PostgreSQL refuses a value the parser let through, store it again
     with every activity quarantined (``refused_by_database``): never a 400 for content."""
     try:
-        return webhook, await _write(pool, webhook)
+        return webhook, await _write(pool, webhook, items_per_minute)
     except InputRefused as exc:
         log.warning("webhook refused by the database, quarantined whole", error=str(exc))
         quarantined = tuple(
@@ -137,7 +139,7 @@ async def _store(pool: Pool, webhook: Webhook) -> tuple[Webhook, StoredWebhook]:
             for q in _everything(webhook)
         )
         webhook = replace(webhook, transfers=(), quarantined=quarantined)
-        return webhook, await _write(pool, webhook)
+        return webhook, await _write(pool, webhook, items_per_minute)
 
 
 def _everything(webhook: Webhook) -> list[Quarantined]:
@@ -146,7 +148,7 @@ def _everything(webhook: Webhook) -> list[Quarantined]:
     return sorted([*webhook.quarantined, *stored], key=lambda q: q.position)
 
 
-async def _write(pool: Pool, webhook: Webhook) -> StoredWebhook:
+async def _write(pool: Pool, webhook: Webhook, items_per_minute: int) -> StoredWebhook:
     """The database write, in a CLIENT span whose context the new feed items keep for the relay."""
     started = time.perf_counter()
     with tracer.start_as_current_span(
@@ -161,7 +163,9 @@ async def _write(pool: Pool, webhook: Webhook) -> StoredWebhook:
         context = inject_context({})
         try:
             trace = {"traceparent": context.get("traceparent"), "tracestate": context.get("tracestate")}
-            stored = await store_webhook(pool, webhook, **trace, budget=STORE_TIMEOUT)
+            stored = await store_webhook(
+                pool, webhook, **trace, budget=STORE_TIMEOUT, items_per_minute=items_per_minute
+            )
         except POSTGRES_DOWN as exc:
             _reject("unavailable", part="postgres", error=repr(exc))
             span.set_status(Status(StatusCode.ERROR, "postgres unavailable"))
@@ -177,6 +181,9 @@ def _accepted(webhook: Webhook, stored: StoredWebhook, *, elapsed: float) -> Non
         ACTIVITIES_INGESTED.labels(category=category).inc(count)
     if stored.new_feed_items:
         FEED_ITEMS_CREATED.inc(stored.new_feed_items)
+    if stored.suppressed:
+        FEED_ITEMS_SUPPRESSED.inc(stored.suppressed)
+        _note_suppressed(stored.suppressed)
     for reason, count in Counter(stored.quarantined).items():
         ACTIVITIES_QUARANTINED.labels(reason=reason).inc(count)
     if webhook.quarantined:
@@ -200,6 +207,19 @@ def _accepted(webhook: Webhook, stored: StoredWebhook, *, elapsed: float) -> Non
         duration_ms=round(elapsed * 1000, 2),
         **({"notice": webhook.notice} if webhook.notice else {}),
     )
+
+
+_suppressed_logged_at = 0.0
+
+
+def _note_suppressed(count: int) -> None:
+    """At most one line a minute per process: a hot contract's watcher is past the budget on
+    every delivery, and a line per delivery would flood the log (the metric counts each)."""
+    global _suppressed_logged_at  # noqa: PLW0603 - a process-wide rate limit for one log line
+    now = time.monotonic()
+    if now - _suppressed_logged_at >= 60:
+        _suppressed_logged_at = now
+        log.warning("feed items suppressed: a user is past the per-minute budget", items=count)
 
 
 def _reject(outcome: str, **fields: object) -> None:

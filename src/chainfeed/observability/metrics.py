@@ -19,6 +19,7 @@ __all__ = [
     "DEAD_LETTERS",
     "DELIVERY_LATENCY",
     "FEED_ITEMS_CREATED",
+    "FEED_ITEMS_SUPPRESSED",
     "GAP_FILLS",
     "OUTBOX_BACKLOG",
     "REDIS_STREAM_CONSUMERS",
@@ -102,6 +103,11 @@ ACTIVITIES_QUARANTINED = Counter(
     ["reason"],
 )
 FEED_ITEMS_CREATED = Counter("feed_items_created_total", "Feed items committed to PostgreSQL.")
+FEED_ITEMS_SUPPRESSED = Counter(
+    "feed_items_suppressed_total",
+    "Feed items not made because their user was past CHAINFEED_FEED_ITEMS_PER_USER_MINUTE"
+    " (the transfer is stored).",
+)
 OUTBOX_BACKLOG = Gauge(
     "outbox_backlog", "Committed feed items not yet published to the stream.", multiprocess_mode="livemax"
 )

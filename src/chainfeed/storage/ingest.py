@@ -74,7 +74,8 @@ quarantine AS (
     RETURNING reason
 ),"""
 
-# The transfers, their items and outbox rows; {rows}, {traceparent}, {tracestate} name parameters.
+# The transfers, their items and outbox rows; {rows}, {traceparent}, {tracestate} and {per_minute}
+# (each user's item budget per minute) name parameters.
 _TRANSFERS = f"""
 input AS (
     -- One element per transfer: [hash, transfer_key, payload, the transfer as the parser made it].
@@ -125,6 +126,26 @@ matches AS (
     -- A user watching both sides gets one item, told from the sender's side.
     ORDER BY w.user_id, u.id, (w.address = i.from_address) DESC
 ),
+budget AS (
+    -- Items per user in the current minute: this delivery's are added (one row per user, locked
+    -- in user order; a table of its own, so the relay's users.feed_seq updates never wait on it).
+    INSERT INTO feed_budget AS b (user_id, window_start, used)
+    SELECT user_id, date_trunc('minute', now()), count(*) FROM matches GROUP BY user_id ORDER BY user_id
+    ON CONFLICT (user_id) DO UPDATE SET
+        window_start = EXCLUDED.window_start,
+        used = CASE WHEN b.window_start = EXCLUDED.window_start THEN b.used + EXCLUDED.used
+                    ELSE EXCLUDED.used END
+    RETURNING user_id, used
+),
+allowed AS (
+    -- The user's first items of this delivery that still fit in the minute's budget.
+    SELECT m.* FROM (
+        SELECT m.*, row_number() OVER (PARTITION BY m.user_id ORDER BY m.ord) AS n,
+               count(*) OVER (PARTITION BY m.user_id) AS mine
+        FROM matches m
+    ) m JOIN budget b USING (user_id)
+    WHERE b.used - m.mine + m.n <= {{per_minute}}
+),
 items AS (
     INSERT INTO feed_items (user_id, transaction_id, payload)
     SELECT user_id, transaction_id,
@@ -133,7 +154,7 @@ items AS (
                'direction', CASE WHEN from_address = to_address THEN 'self'
                                  WHEN address = from_address THEN 'out' ELSE 'in' END,
                'counterparty', CASE WHEN address = from_address THEN to_address ELSE from_address END)
-    FROM matches ORDER BY ord, user_id
+    FROM allowed ORDER BY ord, user_id
     ON CONFLICT (transaction_id, user_id) WHERE ref IS NULL DO NOTHING
     RETURNING id
 ),
@@ -144,24 +165,26 @@ outboxed AS (
 
 _STORE = f"""
 WITH {_EVENT}
-{_TRANSFERS.format(rows="$6", traceparent="$7", tracestate="$8")}
+{_TRANSFERS.format(rows="$6", traceparent="$7", tracestate="$8", per_minute="$13")}
 SELECT (SELECT deliveries FROM event) AS deliveries,
        (SELECT count(*) FROM upserted WHERE inserted) AS inserted,
        (SELECT count(*) FROM upserted WHERE NOT inserted AND last_change <> 'noted') AS updated,
        (SELECT array_agg(id) FROM items) AS new_items,
        (SELECT array_agg(id) FROM upserted WHERE NOT inserted AND last_change <> 'noted') AS changed,
-       (SELECT array_agg(reason) FROM quarantine) AS quarantined
+       (SELECT array_agg(reason) FROM quarantine) AS quarantined,
+       (SELECT count(*) FROM matches) - (SELECT count(*) FROM allowed) AS suppressed
 """  # noqa: S608
 
 # Replaying quarantined activities: the same transfer statement, without counting a delivery.
 _REPLAY = f"""
-WITH {_TRANSFERS.format(rows="$1", traceparent="$2", tracestate="$3")}
+WITH {_TRANSFERS.format(rows="$1", traceparent="$2", tracestate="$3", per_minute="$4")}
 SELECT 1 AS deliveries,
        (SELECT count(*) FROM upserted WHERE inserted) AS inserted,
        (SELECT count(*) FROM upserted WHERE NOT inserted AND last_change <> 'noted') AS updated,
        (SELECT array_agg(id) FROM items) AS new_items,
        (SELECT array_agg(id) FROM upserted WHERE NOT inserted AND last_change <> 'noted') AS changed,
-       NULL::text[] AS quarantined
+       NULL::text[] AS quarantined,
+       (SELECT count(*) FROM matches) - (SELECT count(*) FROM allowed) AS suppressed
 """  # noqa: S608
 
 # Settling re-orgs of the transfers $1 (locked by the caller, reorg_pending): every item of one
@@ -218,9 +241,13 @@ class StoredWebhook:
     update_items: int = 0
     #: The reasons of activities quarantined for the first time by this delivery.
     quarantined: tuple[str, ...] = ()
+    #: Items not made because their user was over the per-minute budget.
+    suppressed: int = 0
 
 
 _encoder = msgspec.json.Encoder()
+#: Feed items one user may get per minute (CHAINFEED_FEED_ITEMS_PER_USER_MINUTE); see docs/design/ingest.md.
+DEFAULT_ITEMS_PER_MINUTE = 600
 
 
 def _rows(transfers: tuple[Transfer, ...]) -> str:
@@ -243,6 +270,7 @@ async def store_webhook(
     traceparent: str | None = None,
     tracestate: str | None = None,
     budget: float = 10.0,
+    items_per_minute: int = DEFAULT_ITEMS_PER_MINUTE,
 ) -> StoredWebhook:
     """Record ``webhook`` and create its feed items, atomically and idempotently (one statement).
 
@@ -260,6 +288,7 @@ async def store_webhook(
         traceparent,
         tracestate,
         *_quarantine_columns(webhook.quarantined),
+        items_per_minute,
     )
     async with bounded_connection(pool, budget) as conn:
         row = await conn.fetchrow(_STORE, *args)
@@ -275,10 +304,14 @@ async def store_webhook(
 
 
 async def store_transfers(
-    conn: Connection, transfers: tuple[Transfer, ...], *, traceparent: str | None = None
+    conn: Connection,
+    transfers: tuple[Transfer, ...],
+    *,
+    traceparent: str | None = None,
+    items_per_minute: int = DEFAULT_ITEMS_PER_MINUTE,
 ) -> StoredWebhook:
     """Store transfers outside a delivery (a quarantine replay), in the caller's transaction."""
-    row = await conn.fetchrow(_REPLAY, _rows(transfers), traceparent, None)
+    row = await conn.fetchrow(_REPLAY, _rows(transfers), traceparent, None, items_per_minute)
     assert row is not None
     updates = await settle_reorgs(conn, list(row["changed"] or ()), traceparent=traceparent)
     return _stored(row, updates)
@@ -324,4 +357,5 @@ def _stored(row: asyncpg.Record, updates: int) -> StoredWebhook:
         new_feed_items=new_items + updates,
         update_items=updates,
         quarantined=tuple(row["quarantined"] or ()),
+        suppressed=int(row["suppressed"] or 0),
     )

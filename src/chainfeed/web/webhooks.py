@@ -52,6 +52,7 @@ async def alchemy_webhook(request: Request[Any, Any, Any], runtime: RuntimeDep) 
         pool=runtime.pool,
         relay=runtime.relay,
         probe=runtime.probe,
+        items_per_minute=runtime.settings.feed_items_per_user_minute,
     )
     return result.as_json()
 
