@@ -78,8 +78,25 @@ async def test_served_logs_are_json_with_ids_and_no_secrets(settings: Settings, 
 def test_a_secret_inside_an_exception_is_redacted_in_its_traceback(capfd: pytest.CaptureFixture[str]) -> None:
     """structlog's and the stdlib's loggers alike: the traceback is text before redaction runs."""
     token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXNlY3JldA"
-    configure_logging(fmt="json")
+    root = logging.getLogger()
+    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    configure_logging(fmt="json")  # its handler writes to this test's captured stderr: undone below
+    try:
+        _log_a_secret_in_an_exception(token)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.configure(**config)
+    _, err = capfd.readouterr()
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert len(lines) == 2
+    for line in lines:
+        assert "RuntimeError" in line["exception"]
+        assert token not in json.dumps(line)
+        assert "[redacted]" in line["exception"]
 
+
+def _log_a_secret_in_an_exception(token: str) -> None:
     def refused() -> None:
         raise RuntimeError(f"upstream refused ws://h/ws?token={token} (Bearer {token})")
 
@@ -88,10 +105,3 @@ def test_a_secret_inside_an_exception_is_redacted_in_its_traceback(capfd: pytest
     except RuntimeError:
         structlog.get_logger("test").exception("boom")
         logging.getLogger("uvicorn.error").exception("boom from the stdlib")
-    _, err = capfd.readouterr()
-    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert len(lines) == 2
-    for line in lines:
-        assert "RuntimeError" in line["exception"]
-        assert token not in json.dumps(line)
-        assert "[redacted]" in line["exception"]
