@@ -30,6 +30,7 @@ pytestmark = pytest.mark.timeout(180)
 _DECLARED_ERRORS = {
     ("post", "/api/auth/register"): {"400", "409", "413", "429", "503"},
     ("post", "/api/auth/login"): {"400", "401", "413", "429", "503"},
+    ("post", "/api/auth/refresh"): {"401", "503"},
     ("get", "/api/me"): {"401", "503"},
     ("get", "/api/addresses"): {"401", "503"},
     ("post", "/api/addresses"): {"400", "401", "409", "413", "503"},

@@ -117,6 +117,15 @@ class Connection:
         if self.on_queued is not None:
             self.on_queued()
 
+    def expire_at(self, expires_at: float) -> None:
+        """Close with 4401 ``token expired`` at ``expires_at`` (unix seconds) instead of before."""
+        if self.expiry is None:  # not fully open yet, or already closed
+            return
+        self.expiry.cancel()
+        self.expiry = asyncio.get_running_loop().call_later(
+            max(0.0, expires_at - time.time()), self.request_close, AppClose.UNAUTHORIZED, "token expired"
+        )
+
     def request_close(self, code: int, reason: str) -> None:
         """Ask the connection's session to close with ``code``; the first request wins."""
         if self.close_request is None:

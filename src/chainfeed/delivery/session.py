@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -35,13 +35,15 @@ from chainfeed.domain.frames import (
     PONG_FRAME,
     PROTOCOL_CLOSE_CODES,
     AppClose,
+    Auth,
     CloseCode,
     Ping,
     Resume,
+    auth_ok_frame,
     parse_client_message,
     resumed_frame,
 )
-from chainfeed.errors import ClientGone
+from chainfeed.errors import AuthError, ClientGone
 from chainfeed.observability.metrics import (
     DELIVERY_LATENCY,
     GAP_FILLS,
@@ -95,10 +97,18 @@ class Socket(Protocol):
 class Session:
     """Runs one connection until the client leaves or the server closes it."""
 
-    def __init__(self, conn: Connection, socket: Socket, replay: ReplaySource) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        socket: Socket,
+        replay: ReplaySource,
+        refresh: Callable[[str], Awaitable[float]] | None = None,
+    ) -> None:
         self.conn = conn
         self.socket = socket
         self._source = replay
+        #: Checks a token sent on the open connection: its expiry, or AuthError (4401).
+        self._refresh = refresh
         self._writer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[object] | None = None
         self._interrupted = False
@@ -167,6 +177,9 @@ class Session:
             message = parse_client_message(text)
             if isinstance(message, Ping):
                 self.conn.offer(Outgoing(None, None, 0, 0.0, PONG_FRAME))
+            elif isinstance(message, Auth):
+                if not await self._reauthenticate(message.token):
+                    return
             elif isinstance(message, Resume):
                 self._live = False
                 self.conn.direct = None
@@ -174,6 +187,21 @@ class Session:
                 if not await self._start(message.since):
                     return
                 self._go_live()
+
+    async def _reauthenticate(self, token: str) -> bool:
+        """A fresh token of the same user moves the connection's expiry (``auth_ok``); anything
+        else closes it with 4401, counted as an auth error. False when it is closing."""
+        if self._refresh is None:
+            return True
+        try:
+            expires_at = await self._refresh(token)
+        except AuthError as exc:
+            WEBSOCKET_ERRORS.labels("auth").inc()
+            self.conn.request_close(AppClose.UNAUTHORIZED, exc.reason)
+            return False
+        self.conn.expire_at(expires_at)
+        self.conn.offer(Outgoing(None, None, 0, 0.0, auth_ok_frame(expires_at)))
+        return True
 
     async def _start(self, since: int | None) -> bool:
         """Take the position (the writer is stopped); with ``since``, replay and say ``resumed``.

@@ -24,11 +24,13 @@ __all__ = [
     "PONG_FRAME",
     "PROTOCOL_CLOSE_CODES",
     "AppClose",
+    "Auth",
     "CloseCode",
     "Evict",
     "Ping",
     "Push",
     "Resume",
+    "auth_ok_frame",
     "encode_frame",
     "encode_item",
     "pack_push",
@@ -97,6 +99,13 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """The client's ``{"type":"auth","token":JWT}``: a fresh token for the open connection."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resume:
     """The client's ``{"type":"resume","since":ID}``: replay its items with id > ``since``."""
 
@@ -150,6 +159,11 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
+def auth_ok_frame(expires_at: float) -> str:
+    """``{"type":"auth_ok","expires_at":<unix seconds>}``: the connection now expires then."""
+    return msgspec.json.encode({"type": "auth_ok", "expires_at": int(expires_at)}).decode()
+
+
 def resumed_frame(*, since: int, replayed: int, seq: int) -> str:
     """``{"type":"resumed",...}``: the replay after ``since`` is done; ``seq`` is the last number sent."""
     return msgspec.json.encode({"type": "resumed", "since": since, "replayed": replayed, "seq": seq}).decode()
@@ -191,7 +205,7 @@ def parse_since(raw: object) -> int | None:
     return None
 
 
-def parse_client_message(text: str) -> Ping | Resume | None:
+def parse_client_message(text: str) -> Ping | Resume | Auth | None:
     """A frame from the client; None for anything else (clients and servers ignore unknown types)."""
     try:
         message = msgspec.json.decode(text)
@@ -205,4 +219,7 @@ def parse_client_message(text: str) -> Ping | Resume | None:
     if kind == "resume":
         since = parse_since(message.get("since"))
         return None if since is None else Resume(since)
+    if kind == "auth":  # a token that is not a string is an invalid token, refused as one
+        token = message.get("token")
+        return Auth(token if isinstance(token, str) else "")
     return None

@@ -19,7 +19,7 @@ from chainfeed.observability import metrics as _metrics  # noqa: F401 - register
 from chainfeed.observability.tracing import configure_tracing, http_span_details, redact_span_attributes
 from chainfeed.runtime import open_runtime
 from chainfeed.web.addresses import AddressController
-from chainfeed.web.auth import AuthController, MeController
+from chainfeed.web.auth import AuthController, MeController, RefreshController
 from chainfeed.web.deps import provide_runtime
 from chainfeed.web.errors import EXCEPTION_HANDLERS
 from chainfeed.web.feed import FeedController
@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             AuthController,
             MeController,
+            RefreshController,
             AddressController,
             FeedController,
             healthz,

@@ -25,7 +25,7 @@ from chainfeed.storage.users import create_user, get_user_by_name, replace_passw
 from chainfeed.web.deps import RuntimeDep, UserDep, provide_user
 from chainfeed.web.openapi import error_responses
 
-__all__ = ["AuthController", "MeController"]
+__all__ = ["AuthController", "MeController", "RefreshController"]
 
 
 @functools.cache
@@ -107,6 +107,19 @@ class AuthController(Controller):
                 functools.partial(hash_password, password, work=work), limiter=_KDF_THREADS
             )
             await replace_password_hash(runtime.pool, user.id, stored, fresh)
+        return _session(user, runtime)
+
+
+class RefreshController(Controller):
+    """``POST /api/auth/refresh``: a new token for the Bearer's user (the old one stays valid
+    until it expires)."""
+
+    path = "/api/auth/refresh"
+    dependencies = {"user": Provide(provide_user)}  # noqa: RUF012
+
+    @post(status_code=200, responses=error_responses(401, 503))
+    async def refresh(self, user: UserDep, runtime: RuntimeDep) -> dict[str, object]:
+        """Answers like login, with a fresh token."""
         return _session(user, runtime)
 
 

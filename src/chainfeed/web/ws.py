@@ -10,6 +10,7 @@ or cannot reach Redis/PostgreSQL. The token is read here and never logged.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -106,6 +107,14 @@ async def _authenticate(runtime: Runtime, token: str | None) -> tuple[int, float
     return claims.user_id, float(claims.expires_at)
 
 
+async def _refreshed(runtime: Runtime, user_id: int, token: str) -> float:
+    """A token sent on an open connection: its expiry, when it is valid and the same user's."""
+    claims_user, expires_at = await _authenticate(runtime, token)
+    if claims_user != user_id:
+        raise AuthError("invalid token")  # another user's token: never a way to switch users
+    return expires_at
+
+
 @websocket("/ws")
 async def feed_socket(socket: WebSocket[Any, Any, Any], runtime: RuntimeDep) -> None:
     """Authenticate, register with the hub, replay what was missed, then push live until closed."""
@@ -168,7 +177,8 @@ async def _serve(
     started = time.monotonic()
     code: int = CloseCode.ABNORMAL_CLOSURE
     try:
-        code = await Session(conn, _Socket(socket), Replay(runtime.pool, user_id)).run(since)
+        refresh = functools.partial(_refreshed, runtime, user_id)
+        code = await Session(conn, _Socket(socket), Replay(runtime.pool, user_id), refresh).run(since)
     finally:
         await hub.close(conn)
         log.info(
