@@ -87,6 +87,19 @@ def activity(
     return entry
 
 
+def nft_without_hash(to: str) -> dict[str, Any]:
+    """Alchemy's NFT activity example: no hash, blockNum, value or asset; a log without
+    transactionHash or logIndex; the contract in contractAddress. A mint to ``to``."""
+    return {
+        "fromAddress": "0x0000000000000000000000000000000000000000",
+        "toAddress": to,
+        "contractAddress": "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3",
+        "erc721TokenId": "0x1",
+        "category": "erc721",
+        "log": {"address": "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3", "data": "0x", "removed": False},
+    }
+
+
 def webhook(
     *activities: dict[str, Any], event_id: str | None = None, network: str = "ETH_MAINNET"
 ) -> dict[str, Any]:

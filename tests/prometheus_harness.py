@@ -279,12 +279,17 @@ def prometheus_server(config: Path, *, port: int, ready_timeout: float = 30.0) -
             _wait_ready(f"{base}/-/ready", process, ready_timeout, log_path)
             yield base
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a server a test started is gone when it returns."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:

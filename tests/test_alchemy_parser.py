@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from chainfeed.domain.alchemy import metric_category, parse_webhook
+from chainfeed.domain.alchemy import parse_webhook
+from chainfeed.domain.transfers import metric_category
 from chainfeed.errors import ValidationError
 
 TX = "0x7a4a39da2a3fa1fc2ef88fd1eaea070286ed2aba21e0419dcfb6d5c5d9f02a72"

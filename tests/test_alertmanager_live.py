@@ -44,6 +44,7 @@ from tests.prometheus_harness import (
     prometheus_server,
     render_local_config,
     require_tool,
+    stop_process,
 )
 
 ALERTMANAGER = MONITORING / "alertmanager"
@@ -173,12 +174,7 @@ def alertmanager_server(config: Path, *, port: int, ready_timeout: float = 30.0)
                 time.sleep(0.1)
             yield base
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process)
 
 
 class NotificationSink:

@@ -36,28 +36,20 @@ from chainfeed.config import Settings
 from chainfeed.domain.alchemy import parse_webhook
 from chainfeed.errors import ValidationError
 from tests.delivery_support import served_in_subprocess
-from tests.ingest_support import activity, address, sign
+from tests.ingest_support import activity, address, nft_without_hash, sign
 
 _T = TypeVar("_T")
 ME, ALICE = address(0xF022E0), address(0xF022E1)
 EXAMPLES = int(os.environ.get("CHAINFEED_FUZZ_EXAMPLES", "60"))
 _ids = itertools.count(1)
 
-_NFT_WITHOUT_HASH: dict[str, Any] = {
-    "fromAddress": "0x0000000000000000000000000000000000000000",
-    "toAddress": ME,
-    "contractAddress": "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3",
-    "erc721TokenId": "0x1",
-    "category": "erc721",
-    "log": {"address": "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3", "data": "0x", "removed": False},
-}
 BASES: list[dict[str, Any]] = [
     activity("token", frm=ALICE, to=ME, log_index=7),
     activity("external", frm=ME, to=ALICE),
     activity("internal", frm=ALICE, to=ME, trace="call_0_1"),
     activity("erc721", frm=ALICE, to=ME, log_index=3, token_id="0x2a"),
     activity("erc1155", frm=ALICE, to=ME, log_index=9, token_id="0x7"),
-    _NFT_WITHOUT_HASH,
+    nft_without_hash(ME),
 ]
 #: Every field path of the documented shapes (nested ones as tuples).
 PATHS = sorted(

@@ -27,7 +27,7 @@ from chainfeed.domain.ratelimit import DEFAULT_LOGIN_POLICY
 from chainfeed.names import LOGIN_IP_PREFIX
 from tests.conftest import AppFactory, RunningApp
 from tests.delivery_support import eventually
-from tests.prometheus_harness import REPO, require_tool
+from tests.prometheus_harness import REPO, require_tool, stop_process
 
 NGINX_CONF = REPO / "deploy" / "nginx.conf"
 #: What a client may try to pass off as its own address.
@@ -98,12 +98,7 @@ def nginx_server(config: Path, *, port: int, ready_timeout: float = 15.0) -> Ite
             time.sleep(0.05)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 @pytest.fixture

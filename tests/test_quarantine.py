@@ -11,26 +11,25 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
 
 import asyncpg
 
 from tests.conftest import RunningApp
 from tests.delivery_support import client, ready, recv_frames
-from tests.ingest_support import Metrics, activity, address, post_webhook, tx_hash, watch, webhook
+from tests.ingest_support import (
+    Metrics,
+    activity,
+    address,
+    nft_without_hash,
+    post_webhook,
+    tx_hash,
+    watch,
+    webhook,
+)
 
 ME, ALICE = address(0xA11CE0), address(0xA11CE1)
 
-#: Alchemy's NFT activity example: no hash, blockNum, value or asset; a log without
-#: transactionHash or logIndex; the contract in contractAddress.
-NFT_WITHOUT_HASH: dict[str, Any] = {
-    "fromAddress": "0x0000000000000000000000000000000000000000",
-    "toAddress": ME,
-    "contractAddress": "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3",
-    "erc721TokenId": "0x1",
-    "category": "erc721",
-    "log": {"address": "0xe5a8a8ef4c5d8f8f35fb8dad0bd5d3d2c1b6e3a3", "data": "0x", "removed": False},
-}
+NFT_WITHOUT_HASH = nft_without_hash(ME)
 
 
 async def _watcher(app: RunningApp) -> str:

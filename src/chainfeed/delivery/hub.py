@@ -118,10 +118,10 @@ class Connection:
             self.on_queued()
 
     def expire_at(self, expires_at: float) -> None:
-        """Close with 4401 ``token expired`` at ``expires_at`` (unix seconds) instead of before."""
-        if self.expiry is None:  # not fully open yet, or already closed
-            return
-        self.expiry.cancel()
+        """Close with 4401 ``token expired`` at ``expires_at`` (unix seconds): set when the hub
+        opens the connection, moved by a token refresh."""
+        if self.expiry is not None:
+            self.expiry.cancel()
         self.expiry = asyncio.get_running_loop().call_later(
             max(0.0, expires_at - time.time()), self.request_close, AppClose.UNAUTHORIZED, "token expired"
         )
@@ -220,10 +220,7 @@ class Hub:
         except BaseException:
             await self.close(conn)
             raise
-        loop = asyncio.get_running_loop()
-        conn.expiry = loop.call_later(
-            max(0.0, expires_at - time.time()), conn.request_close, AppClose.UNAUTHORIZED, "token expired"
-        )
+        conn.expire_at(expires_at)
         WEBSOCKET_ACTIVE_CONNECTIONS.inc()
         return conn, count
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from chainfeed.domain.alchemy import Quarantined, Transfer, parse_activity
+from chainfeed.domain.alchemy import parse_activity
+from chainfeed.domain.transfers import Quarantined, Transfer
 from chainfeed.storage import quarantine as store
 from chainfeed.storage.ingest import store_transfers
 from chainfeed.storage.pool import Pool

@@ -33,8 +33,9 @@ import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chainfeed.broker.probe import RedisProbe
-from chainfeed.domain.alchemy import QUARANTINE_REASONS, Quarantined, Webhook, metric_category, parse_webhook
+from chainfeed.domain.alchemy import parse_webhook
 from chainfeed.domain.signature import signature_valid
+from chainfeed.domain.transfers import QUARANTINE_REASONS, Quarantined, Webhook, metric_category
 from chainfeed.errors import AuthError, UnavailableError, ValidationError
 from chainfeed.ingest.relay import OutboxRelay
 from chainfeed.observability.metrics import (

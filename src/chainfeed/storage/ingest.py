@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
-from chainfeed.domain.alchemy import Quarantined, Transfer, Webhook
+from chainfeed.domain.transfers import Quarantined, Transfer, Webhook
 from chainfeed.storage.outbox import Connection
 from chainfeed.storage.pool import bounded_connection, bounded_transaction
 
